@@ -1,0 +1,1 @@
+"""Metrics, plots, comparisons, export and the report of gentune."""

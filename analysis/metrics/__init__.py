@@ -1,0 +1,1 @@
+"""In-loop metrics: FID (pytorch-fid's network), face rate (dlib), classifier accuracy."""

@@ -1,0 +1,168 @@
+"""Conditional DDPM: the ContextUnet of TeaPearce/Conditional_Diffusion_MNIST (as the report prints it),
+its linear noise schedule, and the classifier-free-guided sampler, each a separate object.
+
+ContextUnet's AvgPool2d(7) fixes the input to 28x28.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ResidualConvBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, is_res: bool = False) -> None:
+        super().__init__()
+        self.same_channels = in_channels == out_channels
+        self.is_res = is_res
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, 1, 1), nn.BatchNorm2d(out_channels), nn.GELU())
+        self.conv2 = nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, 1, 1), nn.BatchNorm2d(out_channels), nn.GELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.conv1(x)
+        x2 = self.conv2(x1)
+        if not self.is_res:
+            return x2
+        return ((x if self.same_channels else x1) + x2) / 1.414
+
+
+class UnetDown(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.model = nn.Sequential(ResidualConvBlock(in_channels, out_channels), nn.MaxPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class UnetUp(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.ConvTranspose2d(in_channels, out_channels, 2, 2),
+            ResidualConvBlock(out_channels, out_channels),
+            ResidualConvBlock(out_channels, out_channels),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.cat((x, skip), 1))
+
+
+class EmbedFC(nn.Module):
+    def __init__(self, input_dim: int, emb_dim: int) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.model = nn.Sequential(nn.Linear(input_dim, emb_dim), nn.GELU(), nn.Linear(emb_dim, emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.view(-1, self.input_dim))
+
+
+class ContextUnet(nn.Module):
+    """eps_theta(x_t, c, t/T, drop): x (N,3,28,28), c (N,) int labels, t (N,) float in [0,1], drop (N,) 1=unconditional."""
+
+    def __init__(self, in_channels: int = 3, n_feat: int = 128, n_classes: int = 10) -> None:
+        super().__init__()
+        self.in_channels, self.n_feat, self.n_classes = in_channels, n_feat, n_classes
+        self.init_conv = ResidualConvBlock(in_channels, n_feat, is_res=True)
+        self.down1 = UnetDown(n_feat, n_feat)
+        self.down2 = UnetDown(n_feat, 2 * n_feat)
+        self.to_vec = nn.Sequential(nn.AvgPool2d(7), nn.GELU())
+        self.timeembed1 = EmbedFC(1, 2 * n_feat)
+        self.timeembed2 = EmbedFC(1, 1 * n_feat)
+        self.contextembed1 = EmbedFC(n_classes, 2 * n_feat)
+        self.contextembed2 = EmbedFC(n_classes, 1 * n_feat)
+        self.up0 = nn.Sequential(nn.ConvTranspose2d(2 * n_feat, 2 * n_feat, 7, 7), nn.GroupNorm(8, 2 * n_feat), nn.ReLU())
+        self.up1 = UnetUp(4 * n_feat, n_feat)
+        self.up2 = UnetUp(2 * n_feat, n_feat)
+        self.out = nn.Sequential(
+            nn.Conv2d(2 * n_feat, n_feat, 3, 1, 1), nn.GroupNorm(8, n_feat), nn.ReLU(), nn.Conv2d(n_feat, in_channels, 3, 1, 1)
+        )
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        x = self.init_conv(x)
+        down1 = self.down1(x)  # (N, f, 14, 14)
+        down2 = self.down2(down1)  # (N, 2f, 7, 7)
+        hidden = self.to_vec(down2)  # (N, 2f, 1, 1)
+        keep = (1.0 - drop.to(x.dtype))[:, None]
+        c = F.one_hot(c, num_classes=self.n_classes).to(x.dtype) * keep
+        t = t.to(x.dtype)
+        cemb1 = self.contextembed1(c).view(-1, self.n_feat * 2, 1, 1)
+        temb1 = self.timeembed1(t).view(-1, self.n_feat * 2, 1, 1)
+        cemb2 = self.contextembed2(c).view(-1, self.n_feat, 1, 1)
+        temb2 = self.timeembed2(t).view(-1, self.n_feat, 1, 1)
+        up1 = self.up0(hidden)
+        up2 = self.up1(cemb1 * up1 + temb1, down2)
+        up3 = self.up2(cemb2 * up2 + temb2, down1)
+        return self.out(torch.cat((up3, x), 1))
+
+
+class DDPM(nn.Module):
+    """The report's wrapper: holds only the noise-prediction network (the schedule is separate)."""
+
+    def __init__(self, n_feat: int = 128, n_classes: int = 10) -> None:
+        super().__init__()
+        self.nn_model = ContextUnet(3, n_feat, n_classes)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        return self.nn_model(x, c, t, drop)
+
+
+class NoiseSchedule:
+    """Linear betas over T steps (DDPM), indexable by integer t in 0..T."""
+
+    def __init__(self, T: int = 500, beta1: float = 1e-4, beta2: float = 0.02, device: torch.device | str = "cpu") -> None:
+        if not 0 < beta1 < beta2 < 1:
+            raise ValueError(f"need 0 < beta1 < beta2 < 1, got {beta1}, {beta2}")
+        self.T = T
+        beta_t = (beta2 - beta1) * torch.arange(0, T + 1, dtype=torch.float64) / T + beta1  # (T+1,)
+        alpha_t = 1 - beta_t
+        abar = torch.cumsum(torch.log(alpha_t), 0).exp()
+        f = lambda v: v.to(device=device, dtype=torch.float32)  # noqa: E731
+        self.beta_t, self.sqrt_beta_t = f(beta_t), f(beta_t.sqrt())
+        self.oneover_sqrta = f(1 / alpha_t.sqrt())
+        self.sqrtab, self.sqrtmab = f(abar.sqrt()), f((1 - abar).sqrt())
+        self.mab_over_sqrtmab = f((1 - alpha_t) / (1 - abar).sqrt())
+
+    def noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pair: (x_t, eps, t) with t uniform in 1..T."""
+        n = x0.shape[0]
+        t = torch.randint(1, self.T + 1, (n,), device=x0.device, generator=generator)
+        eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        x_t = self.sqrtab[t, None, None, None] * x0 + self.sqrtmab[t, None, None, None] * eps
+        return x_t, eps, t
+
+
+class GuidedSampler:
+    """Classifier-free guidance: eps = (1 + w) eps(x, c) - w eps(x, none)."""
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule) -> None:
+        self.model, self.schedule = model, schedule
+
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: torch.Tensor,
+        w: float,
+        generator: torch.Generator | None = None,
+        keep_at: tuple[int, ...] = (),
+        size: tuple[int, int, int] = (3, 28, 28),
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Images in [-1, 1] of shape (N,3,28,28) for `labels`; also x_t at each step listed in keep_at."""
+        s, device = self.schedule, labels.device
+        n = labels.shape[0]
+        x = torch.randn((n, *size), device=device, generator=generator)
+        c = torch.cat([labels, labels])
+        drop = torch.cat([torch.zeros(n, device=device), torch.ones(n, device=device)])
+        kept: dict[int, torch.Tensor] = {}
+        if s.T in keep_at:
+            kept[s.T] = x.clone()
+        for i in range(s.T, 0, -1):
+            t = torch.full((2 * n, 1), i / s.T, device=device)
+            z = torch.randn((n, *size), device=device, generator=generator) if i > 1 else torch.zeros_like(x)
+            eps = self.model(torch.cat([x, x]), c, t, drop).float()
+            eps = (1 + w) * eps[:n] - w * eps[n:]
+            x = s.oneover_sqrta[i] * (x - eps * s.mab_over_sqrtmab[i]) + s.sqrt_beta_t[i] * z
+            if i - 1 in keep_at:
+                kept[i - 1] = x.clone()
+        return x, kept

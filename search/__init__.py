@@ -1,0 +1,1 @@
+"""Sweep specs, Ray Tune + Optuna search, and the `gentune` command line."""

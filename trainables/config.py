@@ -1,0 +1,246 @@
+"""Frozen, strictly parsed configs of the three families.
+
+A trial's config arrives flat ({"lr_g": 1e-4, "data.domain": "usps"}); `from_flat` builds the
+dataclass, refusing unknown keys (listing the valid ones) and values of the wrong type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from analysis.errors import SpecError
+
+Auto = Literal["auto", "on", "off"]
+DataSource = Literal["demo", "report", "mnist", "mnistm", "svhn", "usps", "celeba", "folder"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a dataset comes from. `domain` names the digit domain (mnistm, usps, svhn) for
+    `demo` and `report` sources; `limit` > 0 keeps only the first N images of each split."""
+
+    source: DataSource = "demo"
+    root: str = ""
+    domain: str = ""
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Keys shared by every family."""
+
+    seed: int = 0
+    epochs: int = 1
+    batch_size: int = 128
+    eval_every: int = 1  # epochs between metric evaluations (the last epoch is always evaluated)
+    steps_per_epoch: int = 0  # 0: one pass over the training split
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Auto = "auto"  # bf16 autocast; auto = on for CUDA, off on CPU
+    channels_last: Auto = "auto"
+    cache_dir: str = ""  # dataset/evaluator/FID-statistics cache; "" = $GENTUNE_CACHE or ~/.cache/gentune
+
+
+@dataclass(frozen=True)
+class GANConfig(TrainConfig):
+    model: Literal["A", "B"] = "A"
+    epochs: int = 600
+    batch_size: int = 256
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    d_optimizer: Literal["adam", "sgd"] = "adam"
+    d_momentum: float = 0.5
+    # soft and noisy labels: targets drawn uniformly from [lo, hi] each step (model A: hard 1 / 0)
+    real_label_lo: float = 1.0
+    real_label_hi: float = 1.0
+    fake_label_lo: float = 0.0
+    fake_label_hi: float = 0.0
+    label_flip: float = 0.0  # probability of swapping a real and a fake target
+    n_eval: int = 256  # generated images per evaluation (face rate, FID, diversity)
+    fid: Auto = "auto"  # auto: compute FID when Inception weights are found
+    fid_weights: str = ""
+    fid_dims: int = 2048
+    # stop rules: discriminator wins outright / samples collapse, for `patience` evaluations in a row
+    d_win_loss: float = 1e-3
+    g_explode_loss: float = 15.0
+    collapse_diversity: float = 0.05  # sample diversity relative to real images' diversity
+    patience: int = 3
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass(frozen=True)
+class DDPMConfig(TrainConfig):
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 1e-4
+    lr_decay: bool = True  # linear decay to 0 over the epochs (the reference code)
+    n_feat: int = 128
+    T: int = 500
+    beta1: float = 1e-4
+    beta2: float = 0.02
+    drop_prob: float = 0.1
+    guidance: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # w values evaluated on each checkpoint
+    n_per_digit: int = 10
+    data: DataConfig = field(default_factory=lambda: DataConfig(domain="mnistm"))
+
+
+@dataclass(frozen=True)
+class DANNConfig(TrainConfig):
+    mode: Literal["source-only", "dann", "target-only"] = "dann"
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    lamb: float = 0.3
+    lambda_schedule: Literal["fixed", "ramp"] = "fixed"
+    source: DataConfig = field(default_factory=lambda: DataConfig(domain="mnistm"))
+    target: DataConfig = field(default_factory=lambda: DataConfig(domain="usps"))
+
+
+FAMILIES: dict[str, type[TrainConfig]] = {"gan": GANConfig, "ddpm": DDPMConfig, "dann": DANNConfig}
+
+
+def config_class(family: str) -> type[TrainConfig]:
+    try:
+        return FAMILIES[family]
+    except KeyError:
+        raise SpecError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}") from None
+
+
+def flat_keys(cls: type) -> list[str]:
+    """Every valid flat key of a config class, nested ones dotted."""
+    out = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            out += [f"{f.name}.{k}" for k in flat_keys(t)]
+        else:
+            out.append(f.name)
+    return out
+
+
+def _coerce(key: str, value: Any, t: Any) -> Any:
+    origin = get_origin(t)
+    if origin is Literal:
+        if value not in get_args(t):
+            raise SpecError(f"{key}: {value!r} is not one of {', '.join(map(repr, get_args(t)))}")
+        return value
+    if origin in (Union, types.UnionType):
+        for arm in get_args(t):
+            try:
+                return _coerce(key, value, arm)
+            except SpecError:
+                pass
+        raise SpecError(f"{key}: {value!r} does not match {t}")
+    if origin is tuple:
+        (elem, _) = get_args(t)
+        seq = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(key, v, elem) for v in seq)
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise SpecError(f"{key}: expected true or false, got {value!r}")
+    if t is int:
+        if isinstance(value, bool):
+            raise SpecError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise SpecError(f"{key}: expected an integer, got {value!r}")
+    if t is float:
+        if isinstance(value, bool):
+            raise SpecError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise SpecError(f"{key}: expected a number, got {value!r}")
+    if t is str:
+        if isinstance(value, str):
+            return value
+        raise SpecError(f"{key}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {t} for {key}")
+
+
+def from_flat(cls: type, flat: dict[str, Any], prefix: str = "") -> Any:
+    """Build `cls` from a flat dict; unknown keys and wrong types raise SpecError."""
+    valid = flat_keys(cls)
+    unknown = sorted(k for k in flat if k not in valid)
+    if unknown:
+        raise SpecError(f"unknown config key {prefix}{unknown[0]!r}; valid keys: {', '.join(valid)}")
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            sub = {k[len(f.name) + 1 :]: v for k, v in flat.items() if k.startswith(f.name + ".")}
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else t()  # type: ignore[misc]
+            merged = {**to_flat(default), **sub}
+            kwargs[f.name] = from_flat(t, merged, prefix=f"{prefix}{f.name}.")
+        elif f.name in flat:
+            kwargs[f.name] = _coerce(prefix + f.name, flat[f.name], t)
+    cfg = cls(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def to_flat(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update({f"{f.name}.{k}": x for k, x in to_flat(v).items()})
+        else:
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def validate(cfg: Any) -> None:
+    """Range checks that types cannot express."""
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise SpecError(f"{key}: {getattr(cfg, key)!r} is invalid; expected {what}")
+
+    if isinstance(cfg, DataConfig):
+        need(cfg.limit >= 0, "limit", "an integer >= 0")
+        return
+    need(cfg.epochs >= 1, "epochs", "an integer >= 1")
+    need(cfg.batch_size >= 1, "batch_size", "an integer >= 1")
+    need(cfg.eval_every >= 1, "eval_every", "an integer >= 1")
+    need(cfg.steps_per_epoch >= 0, "steps_per_epoch", "an integer >= 0")
+    if isinstance(cfg, GANConfig):
+        need(cfg.lr_g > 0, "lr_g", "a learning rate > 0")
+        need(cfg.lr_d > 0, "lr_d", "a learning rate > 0")
+        need(cfg.real_label_lo <= cfg.real_label_hi, "real_label_lo", "real_label_lo <= real_label_hi")
+        need(cfg.fake_label_lo <= cfg.fake_label_hi, "fake_label_lo", "fake_label_lo <= fake_label_hi")
+        need(0 <= cfg.label_flip <= 1, "label_flip", "a probability in [0, 1]")
+        need(cfg.n_eval >= 2, "n_eval", "an integer >= 2")
+        need(cfg.fid_dims in (64, 192, 768, 2048), "fid_dims", "one of 64, 192, 768, 2048")
+        need(cfg.patience >= 1, "patience", "an integer >= 1")
+    elif isinstance(cfg, DDPMConfig):
+        need(cfg.lr > 0, "lr", "a learning rate > 0")
+        need(cfg.T >= 10, "T", "an integer >= 10")
+        need(0 < cfg.beta1 < cfg.beta2 < 1, "beta1", "0 < beta1 < beta2 < 1")
+        need(0 <= cfg.drop_prob < 1, "drop_prob", "a probability in [0, 1)")
+        need(len(cfg.guidance) >= 1 and all(w >= 0 for w in cfg.guidance), "guidance", "a list of w >= 0")
+        need(cfg.n_per_digit >= 1, "n_per_digit", "an integer >= 1")
+        need(cfg.n_feat % 8 == 0 and cfg.n_feat > 0, "n_feat", "a positive multiple of 8 (GroupNorm(8, .))")
+    elif isinstance(cfg, DANNConfig):
+        need(cfg.lr > 0, "lr", "a learning rate > 0")
+        need(cfg.lamb >= 0, "lamb", "lambda >= 0")

@@ -1,0 +1,162 @@
+"""Datasets as uint8 tensors: decoded once into a cache file keyed by their source, then moved to
+the training device and sampled by index there (no DataLoader in the hot loop).
+
+Sources: the embedded demo data (no download), the report's folder layout, and torchvision's /
+the original distributions' file formats (readers in trainables.formats).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from analysis.errors import DataError
+from trainables.config import DataConfig
+
+CACHE_VERSION = 1
+DIGIT_DOMAINS = ("mnistm", "usps", "svhn")
+
+
+@dataclass
+class ImageSet:
+    """images: uint8 (N,3,H,W); labels: int64 (N,) or None; fingerprint: hash of the contents."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    fingerprint: str
+    name: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str) -> "ImageSet":
+        labels = None if self.labels is None else self.labels.to(device)
+        return ImageSet(self.images.to(device), labels, self.fingerprint, self.name)
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Float images in [-1, 1] for the given indices (on the set's device)."""
+        return self.images[idx].float().div_(127.5).sub_(1.0)
+
+
+def batches(n: int, batch_size: int, steps: int, device: torch.device | str, generator: torch.Generator | None = None):
+    """Index tensors for one epoch: a fresh permutation, `steps` batches (0 = one pass, last partial dropped
+    unless it is the only one). Permutations repeat when steps exceed one pass."""
+    bs = min(batch_size, n)
+    per_pass = max(1, n // bs)
+    total = steps or per_pass
+    done = 0
+    while done < total:
+        perm = torch.randperm(n, device=device, generator=generator)
+        for i in range(min(per_pass, total - done)):
+            yield perm[i * bs : (i + 1) * bs]
+            done += 1
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    root = Path(cache_dir or os.environ.get("GENTUNE_CACHE") or Path.home() / ".cache" / "gentune")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _source_stamp(root: str) -> list:
+    """Cheap identity of a data folder: path, size and mtime of it and its direct children."""
+    p = Path(root).expanduser().resolve()
+    if not p.exists():
+        raise DataError(f"dataset folder {p} does not exist")
+    items = [p, *sorted(p.iterdir())] if p.is_dir() else [p]
+    return [(str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in items]
+
+
+def content_fingerprint(images: torch.Tensor, labels: torch.Tensor | None) -> str:
+    h = hashlib.sha256(images.contiguous().numpy().tobytes())
+    if labels is not None:
+        h.update(labels.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """(N,H,W,3) uint8 -> (N,3,size,size) uint8, resized with antialiased bilinear when needed."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x.contiguous()
+    out = []
+    for chunk in x.split(4096):
+        y = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(y.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _read(dc: DataConfig, split: str, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode one split from its source. kind is 'faces' or 'digits'."""
+    train = split == "train"
+    if dc.source == "demo":
+        from trainables import demo
+
+        return demo.faces() if kind == "faces" else demo.digits(dc.domain or "mnistm", split)
+    from trainables import formats
+
+    if not dc.root:
+        raise DataError(f"data source {dc.source!r} needs data.root (the dataset folder)")
+    root = Path(dc.root).expanduser()
+    if not root.exists():
+        raise DataError(f"dataset folder {root} does not exist (data.root for source {dc.source!r})")
+    if dc.source == "report":
+        if kind == "faces":
+            return formats.read_report_faces(root, "train" if train else "val")
+        if dc.domain not in DIGIT_DOMAINS and not (root / "digits" / dc.domain).exists():
+            raise DataError(f"data.domain {dc.domain!r} not found under {root / 'digits'}")
+        return formats.read_report_digits(root, dc.domain, "train" if train else "val")
+    if dc.source == "folder":
+        return formats.read_image_folder(root), None
+    if dc.source == "celeba":
+        return formats.read_celeba(root, "train" if train else "val", limit=dc.limit or None)
+    reader = {"mnist": formats.read_mnist, "mnistm": formats.read_mnistm, "svhn": formats.read_svhn, "usps": formats.read_usps}
+    return reader[dc.source](root, "train" if train else "test")
+
+
+def load_split(dc: DataConfig, split: str, size: int, kind: str, cache_dir: str = "", quiet: bool = False) -> ImageSet:
+    """The split ('train' or 'val') of a dataset at size x size RGB, from the cache when it is there."""
+    key = {
+        "v": CACHE_VERSION, "source": dc.source, "domain": dc.domain, "limit": dc.limit, "split": split,
+        "size": size, "kind": kind, "stamp": _source_stamp(dc.root) if dc.root else [],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    name = f"{dc.source}-{dc.domain or kind}-{split}-{size}"
+    path = cache_root(cache_dir) / "datasets" / f"{name}-{digest}.pt"
+    if path.exists():
+        try:
+            blob = torch.load(path, weights_only=True)
+            return ImageSet(blob["images"], blob.get("labels"), blob["fingerprint"], name)
+        except Exception as e:  # a torn cache file is rebuilt, not trusted
+            print(f"gentune: rebuilding unreadable cache {path} ({e})", file=sys.stderr)
+    if not quiet:
+        print(f"gentune: decoding {name} into the cache {path.parent} ...", file=sys.stderr)
+    images, labels = _read(dc, split, kind)
+    if len(images) == 0:
+        raise DataError(f"the {split} split of {dc.source} data {dc.root or dc.domain!r} is empty")
+    if dc.limit:
+        images, labels = images[: dc.limit], None if labels is None else labels[: dc.limit]
+    if kind == "digits":
+        if labels is None:
+            raise DataError(f"{name}: digit data needs labels")
+        bad = labels[(labels < 0) | (labels > 9)]
+        if len(bad):
+            raise DataError(f"{name}: label {int(bad[0])} is outside 0-9")
+    x = _to_tensor(images, size)
+    y = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    fp = content_fingerprint(x, y)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+        torch.save({"images": x, "labels": y, "fingerprint": fp}, f)
+    os.replace(f.name, path)
+    if not quiet:
+        print(f"gentune: cached {len(x)} images of {name} ({fp})", file=sys.stderr)
+    return ImageSet(x, y, fp, name)

@@ -1,0 +1,153 @@
+"""GAN trainer: model A (the DCGAN tutorial) or B (soft/noisy labels, SGD discriminator), 64x64 faces."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision.utils as vutils
+
+from models.gan import NZ, build_gan
+from trainables.common import Base, to_uint8
+from trainables.config import GANConfig
+from trainables.data import batches
+from trainables.loop import autocast, check_finite
+
+
+def soft_targets(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
+    """Targets uniform in [lo, hi] (hard labels when lo == hi)."""
+    return torch.rand(n, device=device) * (hi - lo) + lo
+
+
+def flip(real_t: torch.Tensor, fake_t: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Swap the real and fake targets of each sample with probability p (noisy labels)."""
+    if p <= 0:
+        return real_t, fake_t
+    swap = torch.rand_like(real_t) < p
+    return torch.where(swap, fake_t, real_t), torch.where(swap, real_t, fake_t)
+
+
+def bce(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE in float32: BCELoss is unsafe under autocast, so it runs outside it."""
+    return F.binary_cross_entropy(p.float(), target.float())
+
+
+def diversity(x: torch.Tensor, n: int = 128) -> torch.Tensor:
+    """Mean pairwise L2 distance between the first n images (at 32x32), a cheap mode-collapse signal."""
+    x = F.avg_pool2d(x[:n].float(), 2).flatten(1)
+    d = torch.cdist(x, x)
+    k = x.shape[0]
+    return d.sum() / (k * (k - 1))
+
+
+class GANTrainer(Base):
+    family = "gan"
+    cfg: GANConfig
+
+    def __init__(self, cfg: GANConfig, quiet: bool = False) -> None:
+        super().__init__(cfg, quiet)
+        self.train_set = self.data(cfg.data, "train", 64, "faces")
+        self.G, self.D = build_gan(cfg.model)
+        self.place(self.G, self.D)
+        self.opt_g = self.adam(self.G.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
+        if cfg.d_optimizer == "sgd":
+            self.opt_d = torch.optim.SGD(self.D.parameters(), lr=cfg.lr_d, momentum=cfg.d_momentum)
+        else:
+            self.opt_d = self.adam(self.D.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
+        g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+        self.fixed_noise = torch.randn(cfg.n_eval, NZ, 1, 1, generator=g).to(self.device)  # same noise every evaluation
+        self.strikes = {"d_wins": 0, "collapse": 0}
+        self.real_div: float | None = None
+        self._fid = None
+        self._last_eval: torch.Tensor | None = None
+
+    def step(self, real: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cfg, n = self.cfg, real.shape[0]
+        real_t = soft_targets(n, cfg.real_label_lo, cfg.real_label_hi, self.device)
+        fake_t = soft_targets(n, cfg.fake_label_lo, cfg.fake_label_hi, self.device)
+        real_t, fake_t = flip(real_t, fake_t, cfg.label_flip)
+        z = torch.randn(n, NZ, 1, 1, device=self.device)
+        with autocast(cfg, self.device):
+            fake = self.G(self.prep(z))
+            p_real = self.D(real)
+            p_fake = self.D(fake.detach())
+        loss_d = bce(p_real, real_t) + bce(p_fake, fake_t)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        with autocast(cfg, self.device):
+            p_gen = self.D(fake)
+        loss_g = bce(p_gen, torch.ones_like(p_gen, dtype=torch.float32))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return loss_d.detach(), loss_g.detach(), p_real.detach().float().mean(), p_fake.detach().float().mean()
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.G.train()
+        self.D.train()
+        sums = torch.zeros(4, device=self.device)
+        steps = 0
+        for i, idx in enumerate(batches(len(self.train_set), self.cfg.batch_size, self.cfg.steps_per_epoch, self.device)):
+            loss_d, loss_g, d_real, d_fake = self.step(self.prep(self.train_set.batch(idx)))
+            sums += torch.stack([loss_d, loss_g, d_real, d_fake])
+            steps += 1
+            if i % 10 == 0:  # NaN stops the trial within the epoch; checked every 10 steps to spare syncs
+                check_finite(loss_d=loss_d, loss_g=loss_g)
+        check_finite(loss_d=sums[0], loss_g=sums[1])
+        m = (sums / steps).tolist()
+        return {"loss_d": m[0], "loss_g": m[1], "d_real": m[2], "d_fake": m[3]}
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        self.G.eval()
+        out = torch.cat([self.G(self.prep(c)).float() for c in z.split(256)])
+        self.G.train()
+        return out
+
+    def fid_metric(self, fake_u8: torch.Tensor) -> dict[str, float]:
+        from trainables.fid import fid_for
+
+        return fid_for(self, self.train_set, fake_u8)
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        from analysis.metrics.face import face_rate
+
+        fake = self.generate(self.fixed_noise)
+        self._last_eval = fake
+        if self.real_div is None:
+            self.real_div = float(diversity(self.train_set.batch(torch.arange(min(128, len(self.train_set)), device=self.device))))
+        u8 = to_uint8(fake)
+        m = {
+            "face_rate": face_rate(u8.permute(0, 2, 3, 1).cpu().numpy()),
+            "diversity": float(diversity(fake)) / max(self.real_div, 1e-8),
+        }
+        m.update(self.fid_metric(u8))
+        return m
+
+    def stop_reason(self, m: dict[str, float]) -> str | None:
+        cfg = self.cfg
+        won = m.get("loss_d", 1.0) < cfg.d_win_loss and m.get("loss_g", 0.0) > cfg.g_explode_loss
+        self.strikes["d_wins"] = self.strikes["d_wins"] + 1 if won else 0
+        self.strikes["collapse"] = self.strikes["collapse"] + 1 if m["diversity"] < cfg.collapse_diversity else 0
+        if self.strikes["d_wins"] >= cfg.patience:
+            return "diverged: discriminator wins (D loss ~ 0, G loss exploding)"
+        if self.strikes["collapse"] >= cfg.patience:
+            return "mode collapse"
+        return None
+
+    def sample_grid(self) -> torch.Tensor | None:
+        if self._last_eval is None:
+            return None
+        return to_uint8(vutils.make_grid(self._last_eval[:32].cpu(), nrow=8, padding=2, normalize=False, pad_value=1))
+
+    def state(self) -> dict:
+        return {
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(), "strikes": torch.tensor([self.strikes["d_wins"], self.strikes["collapse"]]),
+        }
+
+    def load_state(self, s: dict) -> None:
+        self.G.load_state_dict(s["G"])
+        self.D.load_state_dict(s["D"])
+        self.opt_g.load_state_dict(s["opt_g"])
+        self.opt_d.load_state_dict(s["opt_d"])
+        self.strikes = dict(zip(("d_wins", "collapse"), s["strikes"].tolist()))
