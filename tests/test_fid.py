@@ -252,6 +252,8 @@ def test_find_weights_order(hub, tmp_path, monkeypatch):
     explicit.write_bytes(b"dummy")
     assert fid.find_weights(explicit) == explicit
     assert fid.find_weights(str(explicit)) == explicit
+    assert fid.find_weights(tmp_path / "missing.pth") == env_file  # first existing file
+    assert fid.require_weights(explicit) == explicit
 
 
 def test_require_weights_messages(hub, tmp_path, monkeypatch):

@@ -69,6 +69,7 @@ class GANConfig(TrainConfig):
     g_explode_loss: float = 15.0
     collapse_diversity: float = 0.05  # sample diversity relative to real images' diversity
     patience: int = 3
+    rules_after: int = 10  # epochs before the stop rules apply (an untrained G is all alike)
     data: DataConfig = field(default_factory=DataConfig)
 
 

@@ -125,6 +125,8 @@ class GANTrainer(Base):
 
     def stop_reason(self, m: dict[str, float]) -> str | None:
         cfg = self.cfg
+        if m["epoch"] <= cfg.rules_after:
+            return None
         won = m.get("loss_d", 1.0) < cfg.d_win_loss and m.get("loss_g", 0.0) > cfg.g_explode_loss
         self.strikes["d_wins"] = self.strikes["d_wins"] + 1 if won else 0
         self.strikes["collapse"] = self.strikes["collapse"] + 1 if m["diversity"] < cfg.collapse_diversity else 0

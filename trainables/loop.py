@@ -176,12 +176,13 @@ def fit(
         except Diverged as e:
             metrics, reason = {}, str(e)
         grid = None
+        metrics["epoch"] = epoch
         if reason is None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             metrics.update(trainer.evaluate(epoch))
             grid = trainer.sample_grid()
             reason = trainer.stop_reason(metrics)
-        metrics["epoch"] = epoch
         metrics["epoch_time_s"] = time.perf_counter() - t0
+        metrics["on_gpu"] = float(trainer.device.type == "cuda")
         if trainer.device.type == "cuda":
             metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
         history.append(metrics)

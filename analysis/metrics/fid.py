@@ -83,33 +83,43 @@ def hub_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
 
 
-def find_weights(explicit: PathLike | None = None) -> Path | None:
-    """The FID weights file to use, or None when none exists.
-
-    Order: `explicit` (returned even if missing, so the caller reports that exact path),
-    then env `GENTUNE_FID_WEIGHTS` (likewise), then the torch hub cache file.
-    """
+def _weights_candidates(explicit: PathLike | None) -> list[tuple[str, Path]]:
+    """(source, path) in search order: explicit path, $GENTUNE_FID_WEIGHTS, torch hub cache."""
+    out = []
     if explicit is not None and str(explicit) != "":
-        return Path(explicit).expanduser()
+        out.append(("--weights", Path(explicit).expanduser()))
     env = os.environ.get(WEIGHTS_ENV)
     if env:
-        return Path(env).expanduser()
-    hub = hub_weights_path()
-    return hub if hub.is_file() else None
+        out.append((f"${WEIGHTS_ENV}", Path(env).expanduser()))
+    out.append(("torch hub cache", hub_weights_path()))
+    return out
+
+
+def find_weights(explicit: PathLike | None = None) -> Path | None:
+    """The first existing FID weights file among: `explicit`, env `GENTUNE_FID_WEIGHTS`,
+    `<torch hub dir>/checkpoints/pt_inception-2015-12-05-6726825d.pth`; None if none exists.
+
+    Use `require_weights` to turn a missing explicit or env file into an error rather than a
+    silent fall-through to the next place.
+    """
+    for _, path in _weights_candidates(explicit):
+        if path.is_file():
+            return path
+    return None
 
 
 def require_weights(explicit: PathLike | None = None, allow_download: bool = False) -> Path | None:
     """Like `find_weights`, but a missing file is a `GentuneError` with the fix in one line.
 
-    Returns None only when nothing was found and `allow_download` is true: then
-    `build_inception(weights=None)` lets pytorch-fid download the file into the hub cache.
+    An explicit path or `$GENTUNE_FID_WEIGHTS` that names a missing file is an error (naming
+    it), never skipped. Returns None only when nothing was found and `allow_download` is true:
+    then `build_inception(weights=None)` lets pytorch-fid download the file into the hub cache.
     """
-    found = find_weights(explicit)
-    if found is not None:
-        if not found.is_file():
-            source = "--weights" if explicit else f"${WEIGHTS_ENV}"
-            raise GentuneError(f"FID weights file {found} (from {source}) does not exist")
-        return found
+    for source, path in _weights_candidates(explicit):
+        if path.is_file():
+            return path
+        if source != "torch hub cache":
+            raise GentuneError(f"FID weights file {path} (from {source}) does not exist or is not a file")
     if allow_download:
         return None
     raise GentuneError(
@@ -339,7 +349,8 @@ def inception_features(
 
     images: (N, 3, H, W) uint8, or float in [0, 1] (torch or numpy; (N, 1, H, W) is repeated
     to 3 channels). Any H, W: pytorch-fid's network resizes to 299x299 itself. Batches go to
-    `device` (default: the model's device) one at a time, so `images` can stay on the CPU.
+    `device` (default: the model's device; the model is moved there if it is elsewhere) one at
+    a time, so `images` can stay on the CPU.
     On CUDA, TF32 is enabled for the duration of the call and restored afterwards.
     """
     if batch_size < 1:
