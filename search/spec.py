@@ -243,7 +243,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             continue
         targets = raw["studies"] if "studies" in raw else [raw]
         for st in targets:
-            if key.split(".")[0] in ("metric", "mode", "concurrency") or key.startswith(("budget.", "resources.")):
+            try:  # a key of the family's config wins (DANN's config has its own `mode`)
+                is_config = key in flat_keys(config_class(str(st.get("family"))))
+            except SpecError:
+                is_config = False
+            if not is_config and (key in ("metric", "mode", "concurrency") or key.startswith(("budget.", "resources."))):
                 head, _, tail = key.partition(".")
                 if tail:
                     st.setdefault(head, {})[tail] = val

@@ -150,6 +150,9 @@ def load_split(dc: DataConfig, split: str, size: int, kind: str, cache_dir: str 
         bad = labels[(labels < 0) | (labels > 9)]
         if len(bad):
             raise DataError(f"{name}: label {int(bad[0])} is outside 0-9")
+    h, w = images.shape[1:3]
+    if min(h, w) * 4 < size:  # more than 4x upscaling would feed the model mostly interpolation
+        raise DataError(f"{name}: images are {h}x{w}, too small for this model's {size}x{size} input (need at least {size // 4}x{size // 4})")
     x = _to_tensor(images, size)
     y = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     fp = content_fingerprint(x, y)

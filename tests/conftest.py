@@ -1,0 +1,47 @@
+"""Shared fixtures: a finished smoke sweep of the quickstart spec (run once per test session in a
+subprocess, so its Ray instance never leaks into the test process), and paths."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = REPO / "search" / "specs"
+
+
+def shared_datasets() -> Path:
+    env = os.environ.get("GENTUNE_SHARED_DATASETS")
+    return Path(env) if env else REPO.parent / "shared" / "datasets"
+
+
+def gentune(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real `gentune` CLI in a fresh process."""
+    e = {**os.environ, **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd or REPO, env=e, capture_output=True,
+                       text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"gentune {' '.join(args)} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One dataset/evaluator cache for the whole session (GENTUNE_CACHE), so demo data decodes once."""
+    d = Path(os.environ.get("GENTUNE_CACHE") or tmp_path_factory.mktemp("cache"))
+    os.environ["GENTUNE_CACHE"] = str(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory, cache_dir) -> dict:
+    """`gentune sweep search/specs/quickstart.yaml --smoke` finished once: {root, tracking_uri, info}."""
+    storage = tmp_path_factory.mktemp("sweeps")
+    gentune("sweep", str(SPECS / "quickstart.yaml"), "--smoke", "--storage", str(storage), "--quiet")
+    root = storage / "quickstart"
+    info = json.loads((root / "sweep.json").read_text())
+    return {"root": root, "tracking_uri": info["tracking_uri"], "info": info}
