@@ -12,37 +12,26 @@ import torch.nn.functional as F
 from models.classifier import DigitClassifier
 from trainables.common import accuracy
 from trainables.config import DataConfig
-from trainables.data import batches, cache_root, load_split
+from trainables.data import ImageSet, batches, cache_root, load_split
 
 EPOCHS = 12
 
 
-def ensure_evaluator(dc: DataConfig, device: torch.device, cache_dir: str = "", quiet: bool = False) -> tuple[DigitClassifier, float]:
-    """(classifier in eval mode on `device`, its validation accuracy); trained once per dataset."""
-    train = load_split(dc, "train", 28, "digits", cache_dir, quiet)
-    val = load_split(dc, "val", 28, "digits", cache_dir, quiet)
-    path = cache_root(cache_dir) / "evaluators" / f"digits-{train.fingerprint}-{val.fingerprint}.pt"
-    model = DigitClassifier()
-    if path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(blob["state"])
-        return model.to(device).eval(), float(blob["val_acc"])
-    if not quiet:
-        print(f"gentune: training the digit evaluator on {train.name} ({len(train)} images) ...", file=sys.stderr)
-    g = torch.Generator().manual_seed(0)
+def train_classifier(train: ImageSet, val: ImageSet, device: torch.device, epochs: int = EPOCHS, seed: int = 0) -> tuple[DigitClassifier, float]:
+    """Train a DigitClassifier on 28x28 digits; returns it (eval mode) and its validation accuracy."""
+    g = torch.Generator().manual_seed(seed)
     torch_state = torch.get_rng_state()
-    torch.manual_seed(0)
-    model.to(device)
+    torch.manual_seed(seed)
+    model = DigitClassifier().to(device)
     tr, va = train.to(device), val.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=EPOCHS * max(1, len(tr) // 64))
-    for _ in range(EPOCHS):
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * max(1, len(tr) // 64))
+    for _ in range(epochs):
         for idx in batches(len(tr), 64, 0, "cpu", g):
             idx = idx.to(device)
-            x = tr.batch(idx)
             # small random shifts: generated digits are not perfectly centred
             dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            x = torch.roll(tr.batch(idx), shifts=(dy, dx), dims=(2, 3))
             loss = F.cross_entropy(model(x), tr.labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -50,10 +39,26 @@ def ensure_evaluator(dc: DataConfig, device: torch.device, cache_dir: str = "", 
             sched.step()
     val_acc = accuracy(model, va)
     torch.set_rng_state(torch_state)
+    return model.eval(), val_acc
+
+
+def ensure_evaluator(dc: DataConfig, device: torch.device, cache_dir: str = "", quiet: bool = False) -> tuple[DigitClassifier, float]:
+    """(classifier in eval mode on `device`, its validation accuracy); trained once per dataset."""
+    train = load_split(dc, "train", 28, "digits", cache_dir, quiet)
+    val = load_split(dc, "val", 28, "digits", cache_dir, quiet)
+    path = cache_root(cache_dir) / "evaluators" / f"digits-{train.fingerprint}-{val.fingerprint}.pt"
+    if path.exists():
+        model = DigitClassifier()
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob["state"])
+        return model.to(device).eval(), float(blob["val_acc"])
+    if not quiet:
+        print(f"gentune: training the digit evaluator on {train.name} ({len(train)} images) ...", file=sys.stderr)
+    model, val_acc = train_classifier(train, val, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
         torch.save({"state": {k: v.cpu() for k, v in model.state_dict().items()}, "val_acc": val_acc}, f)
     os.replace(f.name, path)
     if not quiet:
         print(f"gentune: digit evaluator validation accuracy {val_acc:.4f}", file=sys.stderr)
-    return model.eval(), val_acc
+    return model, val_acc

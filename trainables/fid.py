@@ -26,7 +26,7 @@ def fid_for(trainer, real: ImageSet, fake_u8: torch.Tensor) -> dict[str, float]:
 
     cfg = trainer.cfg
     if not hasattr(trainer, "_fid_state"):
-        weights = fid_weights_for(cfg)
+        weights = trainer.fid_weights
         if weights is None:
             trainer._fid_state = None
         else:

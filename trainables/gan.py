@@ -44,19 +44,21 @@ class GANTrainer(Base):
 
     def __init__(self, cfg: GANConfig, quiet: bool = False) -> None:
         super().__init__(cfg, quiet)
+        from trainables.fid import fid_weights_for
+
+        self.fid_weights = fid_weights_for(cfg)  # fid: on without weights fails here, before any training
         self.train_set = self.data(cfg.data, "train", 64, "faces")
         self.G, self.D = build_gan(cfg.model)
         self.place(self.G, self.D)
         self.opt_g = self.adam(self.G.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
         if cfg.d_optimizer == "sgd":
-            self.opt_d = torch.optim.SGD(self.D.parameters(), lr=cfg.lr_d, momentum=cfg.d_momentum)
+            self.opt_d = self.sgd(self.D.parameters(), cfg.lr_d, cfg.d_momentum)
         else:
             self.opt_d = self.adam(self.D.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
         g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
         self.fixed_noise = torch.randn(cfg.n_eval, NZ, 1, 1, generator=g).to(self.device)  # same noise every evaluation
         self.strikes = {"d_wins": 0, "collapse": 0}
         self.real_div: float | None = None
-        self._fid = None
         self._last_eval: torch.Tensor | None = None
 
     def step(self, real: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,512 @@
+"""Status of a sweep folder, running or finished: trials by state, best so far, time used and left.
+
+Read-only by design: it may run while `gentune sweep` writes the same folder, so it never takes a
+lock, never creates a file (an absent mlflow.db is not opened, since opening it would create it)
+and tolerates half-written files (a result line being appended, a state file being replaced).
+
+Two sources, merged per trial (study, trial id):
+- MLflow (sweep.json's tracking_uri): the driver's callback writes every result there at once, so
+  it is the freshest; trial runs carry gentune.kind=trial, gentune.trial_id, gentune.stop_reason.
+- Ray Tune's experiment folder of each study (<sweep>/<study>/): experiment_state-*.json holds
+  Ray's own trial states (PENDING / RUNNING / PAUSED / TERMINATED / ERROR) and the study's start;
+  each trial folder's result.json holds its results. Ray copies these to the sweep folder every
+  few seconds, so while a sweep runs they may lag behind MLflow.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from analysis.errors import GentuneError
+
+# What a trial came to, in the order they are listed.
+OUTCOMES = ("running", "pending", "completed", "early-stopped", "diverged", "error", "killed")
+RAY_STATES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR")
+
+
+@dataclass
+class TrialStatus:
+    study: str
+    trial_id: str
+    state: str  # Ray's state: PENDING / RUNNING / PAUSED / TERMINATED / ERROR
+    outcome: str  # one of OUTCOMES
+    value: float | None = None  # the study's metric, as last reported (what Tune ranks by: scope="last")
+    epoch: int | None = None
+    stop_reason: str = ""
+    started: float | None = None  # unix seconds
+    last_result: float | None = None
+    run_id: str | None = None
+    run_name: str | None = None
+
+
+@dataclass
+class StudyStatus:
+    name: str
+    family: str
+    metric: str
+    mode: str  # max / min
+    time_budget_s: float | None
+    trials: list[TrialStatus] = field(default_factory=list)
+    planned: int | None = None  # trials the spec asks for, where known
+    started: float | None = None  # when Tune began the study
+    ended: float | None = None  # when the study's MLflow run was closed
+    state: str = "not started"  # not started / running / finished
+    best_trial_tag: str = ""  # gentune.best_trial_id on the study's run (Tune's pick, breaks ties)
+
+    def counts(self) -> dict[str, int]:
+        out = {o: 0 for o in OUTCOMES}
+        for t in self.trials:
+            out[t.outcome] = out.get(t.outcome, 0) + 1
+        return out
+
+    def state_counts(self) -> dict[str, int]:
+        out = {s: 0 for s in RAY_STATES}
+        for t in self.trials:
+            out[t.state] = out.get(t.state, 0) + 1
+        return out
+
+    @property
+    def best(self) -> TrialStatus | None:
+        """The best trial so far by its last reported metric; ties go to Tune's own pick."""
+        scored = [t for t in self.trials if t.value is not None]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        top = pick(t.value for t in scored)
+        tied = [t for t in scored if t.value == top]
+        for t in tied:
+            if t.trial_id == self.best_trial_tag:
+                return t
+        return tied[0]
+
+    def used_s(self, now: float) -> float | None:
+        if self.started is None:
+            return None
+        end = now if self.state == "running" else (self.ended or self.last_result or now)
+        return max(0.0, end - self.started)
+
+    @property
+    def last_result(self) -> float | None:
+        times = [t.last_result for t in self.trials if t.last_result is not None]
+        return max(times) if times else None
+
+    def left_s(self, now: float) -> float | None:
+        """Seconds left of the study's time budget; None where it has no budget."""
+        if not self.time_budget_s:
+            return None
+        used = self.used_s(now) or 0.0
+        return max(0.0, float(self.time_budget_s) - used)
+
+
+@dataclass
+class SweepStatus:
+    root: Path
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    started: float | None
+    studies: list[StudyStatus]
+    now: float
+    notes: list[str] = field(default_factory=list)  # sources that could not be read, and why
+
+    @property
+    def state(self) -> str:
+        states = {s.state for s in self.studies}
+        if states == {"finished"}:
+            return "finished"
+        if states == {"not started"}:
+            return "not started"
+        return "running"
+
+    @property
+    def last_activity(self) -> float | None:
+        times = [t for s in self.studies for t in (s.last_result, s.ended, s.started) if t is not None]
+        return max(times) if times else self.started
+
+    def used_s(self) -> float | None:
+        if self.started is None:
+            return None
+        end = self.now if self.state != "finished" else (self.last_activity or self.now)
+        return max(0.0, end - self.started)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root), "name": self.name, "state": self.state, "tracking_uri": self.tracking_uri,
+            "experiment_id": self.experiment_id, "started": self.started, "now": self.now, "used_s": self.used_s(),
+            "last_activity": self.last_activity, "notes": self.notes,
+            "studies": [{
+                "name": s.name, "family": s.family, "metric": s.metric, "mode": s.mode, "state": s.state,
+                "planned": s.planned, "started": s.started, "ended": s.ended, "used_s": s.used_s(self.now),
+                "time_budget_s": s.time_budget_s or None, "left_s": s.left_s(self.now),
+                "counts": s.counts(), "states": s.state_counts(),
+                "best": None if s.best is None else {"trial_id": s.best.trial_id, "value": s.best.value,
+                                                     "run_name": s.best.run_name},
+                "trials": [t.__dict__ for t in s.trials],
+            } for s in self.studies],
+        }
+
+
+# ---------------------------------------------------------------- reading the folder
+
+
+def _finite(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _num(v: Any) -> float | None:
+    try:
+        return _finite(float(v))
+    except (TypeError, ValueError):
+        return None
+
+
+def _plain(v: Any) -> Any:
+    """Ray keeps some trial fields JSON-encoded a second time; undo that where it is so."""
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+def read_sweep_json(root: Path) -> dict[str, Any]:
+    root = Path(root)
+    if not root.exists():
+        raise GentuneError(f"sweep folder {root} does not exist (pass the folder `gentune sweep` printed, e.g. runs/quickstart)")
+    if not root.is_dir():
+        raise GentuneError(f"{root} is not a folder; pass a sweep folder (the one holding sweep.json)")
+    f = root / "sweep.json"
+    if not f.exists():
+        raise GentuneError(f"{root} holds no sweep.json, so it is not a sweep folder (it is written when `gentune sweep` starts)")
+    try:
+        info = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise GentuneError(f"{f}: cannot read it as JSON ({e})") from None
+    if not isinstance(info, dict) or not info.get("studies"):
+        raise GentuneError(f"{f}: expected an object with name, tracking_uri, experiment_id and studies")
+    return info
+
+
+def _last_json_line(path: Path) -> dict | None:
+    """The last complete JSON line of a result.json that may be being appended to."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    for line in reversed(data.splitlines()):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue  # a line still being written
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+def _trial_id_from_dir(name: str) -> str | None:
+    # Tune names trial folders <trainable>_<trial id>_<index>_<params>_<date>; our trainable is run_trial.
+    parts = name.split("_")
+    for i, p in enumerate(parts[:-1]):
+        if p == "trial" and i + 1 < len(parts) and len(parts[i + 1]) >= 5:
+            return parts[i + 1]
+    return None
+
+
+def read_ray_study(folder: Path) -> tuple[dict[str, dict[str, Any]], float | None, list[str]]:
+    """Trials of one Tune experiment folder: {trial_id: {state, start, last_time, result, error}}, study start, notes."""
+    trials: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    start = None
+    if not folder.is_dir():
+        return trials, start, notes
+    states = sorted(glob.glob(str(folder / "experiment_state-*.json")))  # names carry a sortable date
+    if states:
+        try:
+            exp = json.loads(Path(states[-1]).read_text())
+            start = _num((exp.get("stats") or {}).get("start_time"))
+            for pair in exp.get("trial_data") or []:
+                meta, runtime = json.loads(pair[0]), json.loads(pair[1])
+                tid = str(_plain(meta.get("trial_id")))
+                last = _plain(runtime.get("last_result"))
+                trials[tid] = {
+                    "state": str(_plain(meta.get("status")) or ""),
+                    "start": _num(_plain(runtime.get("start_time"))),
+                    "last_time": _num(_plain(runtime.get("last_result_time"))),
+                    "result": last if isinstance(last, dict) else None,
+                    "error": _plain(runtime.get("error_filename")) not in (None, "None", ""),
+                    "dir": str(_plain(meta.get("relative_logdir")) or ""),
+                }
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
+            notes.append(f"{Path(states[-1]).name}: unreadable ({type(e).__name__}); trial states from trial folders only")
+    # Trial folders: newer results than the state file, and trials the state file does not list yet.
+    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+        res = _last_json_line(d / "result.json") if (d / "result.json").exists() else None
+        tid = str(res.get("trial_id")) if res and res.get("trial_id") else _trial_id_from_dir(d.name)
+        if not tid or not (res or (d / "params.json").exists()):
+            continue
+        t = trials.setdefault(tid, {"state": "", "start": None, "last_time": None, "result": None, "error": False, "dir": d.name})
+        if res:
+            old = t.get("result") or {}
+            if int(res.get("training_iteration", 0) or 0) >= int(old.get("training_iteration", 0) or 0):
+                t["result"] = res
+            t["last_time"] = max(filter(None, [t.get("last_time"), _num(res.get("timestamp"))]), default=None)
+        if (d / "error.txt").exists() or (d / "error.pkl").exists():
+            t["error"] = True
+        if not t["state"]:
+            done = bool(res and res.get("done"))
+            t["state"] = "ERROR" if t["error"] else ("TERMINATED" if done else "RUNNING")
+    return trials, start, notes
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    p = urlparse(uri).path
+    # sqlite:////abs/path -> path "//abs/path"; sqlite:///rel -> "/rel"
+    if uri.startswith("sqlite:////"):
+        return Path(unquote(p[1:]))
+    return Path(unquote(p[1:])) if p.startswith("/") else Path(unquote(p))
+
+
+def read_mlflow(uri: str, experiment_id: str, sweep: str) -> tuple[list, list[str]]:
+    """All runs of the sweep in its MLflow experiment (studies and trials), read-only; (runs, notes)."""
+    notes: list[str] = []
+    db = _sqlite_path(uri)
+    if db is not None and not db.exists():
+        return [], [f"MLflow store {db} does not exist yet (nothing tracked)"]
+    if uri.startswith("file:") and not Path(unquote(urlparse(uri).path)).exists():
+        return [], [f"MLflow store {uri} does not exist yet"]
+    try:
+        from mlflow.entities import ViewType
+        from mlflow.tracking import MlflowClient
+
+        c = MlflowClient(tracking_uri=uri)
+        runs, token = [], None
+        flt = f"tags.`gentune.sweep` = '{sweep}'" if sweep else ""
+        while True:
+            page = c.search_runs([str(experiment_id)], filter_string=flt, run_view_type=ViewType.ACTIVE_ONLY,
+                                 max_results=1000, page_token=token)
+            runs.extend(page)
+            token = getattr(page, "token", None)
+            if not token:
+                break
+        return runs, notes
+    except Exception as e:  # a server that is down, a store of another MLflow version: report, use Ray's files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return [], [f"MLflow store {uri} unreadable ({msg[:200]}); trial states from Ray's folders only"]
+
+
+def _outcome(state: str, reason: str, epoch: int | None, max_epochs: int | None, ml_status: str | None) -> str:
+    if state == "ERROR" or reason.startswith("error"):
+        return "error"
+    if state == "RUNNING":
+        return "running"
+    if state in ("PENDING", "PAUSED"):
+        return "pending"
+    if reason.startswith("diverged") or reason == "mode collapse":
+        return "diverged"
+    if reason.startswith("early-stopped"):
+        return "early-stopped"
+    if reason == "completed":
+        return "completed"
+    if ml_status == "KILLED":
+        return "killed"
+    if epoch is not None and max_epochs is not None and epoch < max_epochs:
+        return "early-stopped"
+    return "completed"
+
+
+def merge_study(name: str, info: dict[str, Any], ray: dict[str, dict[str, Any]], runs: list, now: float) -> list[TrialStatus]:
+    metric = (info.get("metrics") or {}).get(name, [None, "max"])[0]
+    by_id: dict[str, Any] = {}
+    for r in runs:
+        tags = r.data.tags
+        if tags.get("gentune.kind") == "trial" and tags.get("gentune.study") == name and tags.get("gentune.trial_id"):
+            by_id[tags["gentune.trial_id"]] = r
+    out = []
+    for tid in sorted(set(ray) | set(by_id), key=lambda k: ((ray.get(k) or {}).get("start") or 0, k)):
+        R, M = ray.get(tid) or {}, by_id.get(tid)
+        res = R.get("result") or {}
+        ml_status = M.info.status if M is not None else None
+        reason = (M.data.tags.get("gentune.stop_reason", "") if M is not None else "") or str(res.get("stop_reason") or "")
+        rstate = R.get("state") or ""
+        if rstate == "ERROR" or R.get("error"):
+            state = "ERROR"
+        elif ml_status in ("FINISHED", "FAILED", "KILLED"):
+            state = "ERROR" if reason.startswith("error") else "TERMINATED"
+        elif rstate in RAY_STATES:
+            state = rstate
+        else:
+            state = "RUNNING" if ml_status in ("RUNNING", "SCHEDULED", None) else "TERMINATED"
+        value = _finite(M.data.metrics.get(metric)) if (M is not None and metric) else None
+        if value is None and metric:
+            value = _finite(res.get(metric))
+        epoch = res.get("epoch")
+        epoch = int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+        max_epochs = (res.get("config") or {}).get("epochs")
+        started = R.get("start") or (M.info.start_time / 1000 if M is not None and M.info.start_time else None)
+        times = [R.get("last_time")]
+        if M is not None and M.info.end_time and state != "RUNNING":
+            times.append(M.info.end_time / 1000)
+        last = max((t for t in times if t), default=None)
+        out.append(TrialStatus(
+            study=name, trial_id=tid, state=state, outcome=_outcome(state, reason, epoch, max_epochs, ml_status),
+            value=value, epoch=epoch, stop_reason=reason, started=started, last_result=last,
+            run_id=M.info.run_id if M is not None else None,
+            run_name=(M.info.run_name if M is not None else None),
+        ))
+    return out
+
+
+def fill_from_history(uri: str, st: StudyStatus) -> None:
+    """Epoch and result time of running trials from MLflow, which the driver writes at once (Ray's copies lag)."""
+    need = [t for t in st.trials if t.run_id and (t.epoch is None or t.state == "RUNNING")]
+    if not need or st.metric == "?":
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        c = MlflowClient(tracking_uri=uri)
+        for t in need:
+            hist = c.get_metric_history(t.run_id, st.metric)
+            if not hist:
+                continue
+            last = max(hist, key=lambda m: (m.step, m.timestamp))
+            if t.epoch is None or last.step > t.epoch:
+                t.epoch = int(last.step)
+                t.value = _finite(last.value) if _finite(last.value) is not None else t.value
+            ts = last.timestamp / 1000 if last.timestamp else None
+            if ts and (t.last_result is None or ts > t.last_result):
+                t.last_result = ts
+    except Exception:  # the table of trials loses its epochs, nothing else
+        return
+
+
+def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: dict[str, int] | None = None,
+                now: float | None = None) -> SweepStatus:
+    """Everything `gentune status` shows, read without writing anything."""
+    root = Path(root).expanduser()
+    info = read_sweep_json(root)
+    now = time.time() if now is None else now
+    uri = tracking_uri or info.get("tracking_uri") or ""
+    exp_id = str(info.get("experiment_id") or "")
+    notes: list[str] = []
+    runs: list = []
+    if uri and exp_id:
+        runs, n = read_mlflow(uri, exp_id, str(info.get("name") or ""))
+        notes += n
+    else:
+        notes.append("sweep.json names no tracking URI / experiment; trial states from Ray's folders only")
+    studies = []
+    budgets = info.get("time_budget_s") or {}
+    for name in info.get("studies") or []:
+        metric, mode = ((info.get("metrics") or {}).get(name) or [None, "max"])[:2]
+        ray, start, n = read_ray_study(root / name)
+        notes += [f"{name}: {x}" for x in n]
+        st = StudyStatus(name=name, family=(info.get("families") or {}).get(name, ""), metric=metric or "?",
+                         mode=mode or "max", time_budget_s=_num(budgets.get(name)) or None,
+                         planned=(planned or {}).get(name))
+        st.trials = merge_study(name, info, ray, runs, now)
+        fill_from_history(uri, st)
+        parent = next((r for r in runs if r.data.tags.get("gentune.kind") == "study"
+                       and r.data.tags.get("gentune.study") == name), None)
+        st.started = start or (parent.info.start_time / 1000 if parent is not None and parent.info.start_time else None)
+        if parent is not None:
+            st.best_trial_tag = parent.data.tags.get("gentune.best_trial_id", "")
+            if parent.info.status == "FINISHED" and parent.info.end_time:
+                st.state, st.ended = "finished", parent.info.end_time / 1000
+            else:
+                st.state = "running"
+        elif st.trials or (root / name).is_dir():
+            # No MLflow run (store unreadable): Ray's files alone
+            live = any(t.state in ("RUNNING", "PENDING", "PAUSED") for t in st.trials)
+            enough = st.planned is None or len(st.trials) >= st.planned
+            st.state = "finished" if st.trials and not live and enough and not runs else "running"
+        studies.append(st)
+    out = SweepStatus(root=root, name=str(info.get("name") or root.name), tracking_uri=uri, experiment_id=exp_id,
+                      started=_num(info.get("started")), studies=studies, now=now, notes=notes)
+    # Files written while we read may be a moment newer than `now`: never show a negative age.
+    out.now = max(now, out.last_activity or now)
+    return out
+
+
+# ---------------------------------------------------------------- text
+
+
+def fmt_duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {(s % 3600) // 60:02d}m"
+
+
+def fmt_time(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def fmt_value(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def format_status(s: SweepStatus, *, trials: bool = True) -> str:
+    lines = [f"sweep {s.name}: {s.state}  ({s.root})"]
+    used = s.used_s()
+    when = f"started {fmt_time(s.started)}"
+    if s.state == "finished":
+        lines.append(f"time used: {fmt_duration(used)}  ({when}, last result {fmt_time(s.last_activity)})")
+    else:
+        ago = None if s.last_activity is None else s.now - s.last_activity
+        lines.append(f"time used: {fmt_duration(used)} so far  ({when}, last activity {fmt_duration(ago)} ago)")
+        if s.state == "running" and ago is not None and ago > 1800:
+            lines.append("  nothing new for over 30 minutes: a long epoch, or the sweep was interrupted "
+                         "(continue it with `gentune sweep SPEC --resume --name NAME`)")
+    lines.append(f"MLflow: {s.tracking_uri or '-'}  experiment {s.experiment_id or '-'}")
+    for st in s.studies:
+        c = st.counts()
+        n = len(st.trials)
+        planned = f" of {st.planned}" if st.planned else ""
+        lines.append("")
+        lines.append(f"== study {st.name} ({st.family}), metric {st.metric} ({st.mode}): {st.state}, {n}{planned} trial(s) ==")
+        parts = [f"{c[o]} {o}" for o in OUTCOMES if c.get(o)]
+        sc = st.state_counts()
+        lines.append("trials: " + (", ".join(parts) if parts else "none yet")
+                     + ("  [Ray: " + ", ".join(f"{k} {v}" for k, v in sc.items() if v) + "]" if n else ""))
+        b = st.best
+        if b is not None:
+            lines.append(f"best so far: {st.metric}={fmt_value(b.value)}  trial {b.trial_id}"
+                         + (f" (run {b.run_name})" if b.run_name else ""))
+        else:
+            lines.append(f"best so far: none (no trial has reported {st.metric} yet)")
+        used = st.used_s(s.now)
+        if not st.time_budget_s:
+            lines.append(f"time: {fmt_duration(used)} used; no time budget")
+        elif st.state == "not started":
+            lines.append(f"time: not started; budget {fmt_duration(st.time_budget_s)}")
+        elif st.state == "finished":
+            lines.append(f"time: {fmt_duration(used)} used of a {fmt_duration(st.time_budget_s)} budget (finished)")
+        else:
+            lines.append(f"time: {fmt_duration(used)} used, {fmt_duration(st.left_s(s.now))} left of a "
+                         f"{fmt_duration(st.time_budget_s)} budget")
+        if trials and st.trials:
+            w = max(12, max(len(t.run_name or "") for t in st.trials))
+            lines.append(f"  {'trial':<10} {'run':<{w}} {'state':<10} {'outcome':<13} {'epoch':>5} {st.metric:>12}  stop reason")
+            for t in st.trials:
+                ep = "-" if t.epoch is None else str(t.epoch)
+                lines.append(f"  {t.trial_id:<10} {(t.run_name or '-'):<{w}} {t.state:<10} {t.outcome:<13} {ep:>5} "
+                             f"{fmt_value(t.value):>12}  {t.stop_reason}")
+    for n in s.notes:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)

@@ -1,0 +1,237 @@
+"""`gentune status` (where a sweep stands) and `gentune ui` (the MLflow UI over a sweep's store)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from analysis.errors import GentuneError
+
+
+def planned_trials(info: dict) -> dict[str, int] | None:
+    """Trials per study as the sweep's spec asks (with its overrides and --smoke), where it still parses."""
+    try:
+        from search.spec import parse_spec
+
+        spec = parse_spec(info["spec"], list(info.get("overrides") or []), bool(info.get("smoke")))
+        return {s.name: s.trials for s in spec.studies}
+    except Exception:  # a spec whose data folder has moved since: the counts are a nicety, not a need
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from analysis.status import format_status, read_status, read_sweep_json
+
+    # A tracking server that is down should cost seconds, not MLflow's default minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    info = read_sweep_json(Path(args.sweep).expanduser())
+    st = read_status(args.sweep, tracking_uri=args.tracking_uri or None, planned=planned_trials(info))
+    if args.json:
+        print(json.dumps(st.to_dict(), indent=2, default=str))
+    else:
+        print(format_status(st, trials=not args.brief))
+    return 0
+
+
+# ---------------------------------------------------------------- ui
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    from analysis.status import _sqlite_path
+
+    return _sqlite_path(uri)
+
+
+def resolve_store(sweep: str | None, tracking_uri: str | None) -> tuple[str, str | None, Path | None]:
+    """(backend store URI, experiment id or None, artifacts folder or None) for `gentune ui`."""
+    from analysis.status import read_sweep_json
+
+    if sweep:
+        root = Path(sweep).expanduser().resolve()
+        info = read_sweep_json(root)
+        uri = tracking_uri or info.get("tracking_uri") or ""
+        if not uri:
+            raise GentuneError(f"{root / 'sweep.json'} names no tracking_uri; pass --tracking-uri")
+        exp_id = str(info.get("experiment_id") or "") or None
+        artifacts = root / "mlartifacts"
+    elif tracking_uri:
+        uri, exp_id, artifacts = tracking_uri, None, None
+    else:
+        raise GentuneError("give a sweep folder (e.g. runs/quickstart) or --tracking-uri URI")
+    db = _sqlite_file(uri)
+    if db is not None:
+        if not db.exists():
+            raise GentuneError(f"MLflow store {db} does not exist (has the sweep started tracking yet?)")
+        if artifacts is None:
+            artifacts = db.parent / "mlartifacts"
+    elif uri.startswith("file:") or "://" not in uri:
+        p = Path(uri[5:] if uri.startswith("file:") else uri).expanduser()
+        if not p.exists():
+            raise GentuneError(f"MLflow store {uri} does not exist")
+    return uri, exp_id, artifacts
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def server_command(uri: str, host: str, port: int, artifacts: Path | None, workers: int) -> list[str]:
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", str(workers)]
+    if artifacts is not None:
+        # Runs logged by `gentune sweep` keep their own file:// artifact URIs (the experiment's location is this
+        # folder), which the server reads directly; anything logged through this server lands here too, never in
+        # the working directory (MLflow's default ./mlartifacts).
+        cmd += ["--serve-artifacts", "--artifacts-destination", artifacts.resolve().as_uri()]
+    else:
+        cmd += ["--no-serve-artifacts"]
+    return cmd
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy: it is our own host
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise GentuneError(f"the MLflow server exited with code {proc.returncode} before it served {url} "
+                               "(its log is above; with --quiet add --debug-server to see it)")
+        try:
+            with opener.open(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise GentuneError(f"the MLflow server did not answer at {url} within {timeout:.0f}s")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """End the server and everything it started (uvicorn, its workers): they share its process group."""
+    pgid = proc.pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(pgid):
+        proc.poll()  # reap the leader so it does not linger as a zombie
+        time.sleep(0.1)
+    if _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    uri, exp_id, artifacts = resolve_store(args.sweep, args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        # Already a server: nothing to start.
+        url = uri.rstrip("/") + (f"/#/experiments/{exp_id}/runs?workflowType=machine_learning" if exp_id else "/")
+        print(f"this sweep is tracked on the MLflow server {uri}: open {url}")
+        return 0
+    host = args.host
+    port = args.port if args.port else free_port(host)
+    if not port_free(host, port):
+        raise GentuneError(f"port {port} on {host} is in use (another `gentune ui` or MLflow server?); pick another with --port")
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    url = base + (f"/#/experiments/{exp_id}/runs?workflowType=machine_learning" if exp_id else "/")
+    cmd = server_command(uri, host, port, artifacts, args.workers)
+    if not args.quiet:
+        print(f"gentune ui: starting the MLflow server over {uri} on {host}:{port}", file=sys.stderr, flush=True)
+    quiet_server = args.quiet and not args.debug_server
+    # The server gets its own process group, so Ctrl-C reaches gentune alone and gentune ends the server and its
+    # workers together; SIGTERM/SIGHUP to gentune do the same.
+    env = dict(os.environ)
+    # MLflow 3's server also starts a job runner and seven task consumers for GenAI features (online scoring,
+    # trace archival) that browsing a sweep never uses: leave them off unless the user asks for them.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    # The server's log goes to stderr, so stdout carries the URL alone (URL=$(gentune ui ... | head -1) works).
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL if quiet_server else sys.stderr,
+                            stderr=subprocess.DEVNULL if quiet_server else None, start_new_session=True, env=env)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it.
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        wait_ready(base, proc, args.timeout)
+        print(url, flush=True)
+        if not args.quiet:
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"gentune ui: warning: listening on {host}: other machines can reach this UI, which has no login",
+                      file=sys.stderr)
+            if exp_id:
+                print("gentune ui: each study is a run with its trials nested under it (click + to expand); "
+                      "Columns adds a metric column; tick two runs and Compare to compare them", file=sys.stderr)
+            print("gentune ui: serving until Ctrl-C", file=sys.stderr, flush=True)
+        rc = proc.wait()
+        raise GentuneError(f"the MLflow server stopped by itself (exit code {rc})")
+    except KeyboardInterrupt:
+        if not args.quiet:
+            print("gentune ui: stopped", file=sys.stderr)
+        return 0
+    finally:
+        stop(proc)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def register(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("status", formatter_class=fmt,
+                       help="where a sweep stands: trials by state, best so far per study, time used and left (read-only; "
+                            "safe while the sweep runs)")
+    p.add_argument("sweep", help="sweep folder (the one holding sweep.json, e.g. runs/quickstart)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow store to read instead of the one sweep.json names")
+    p.add_argument("--brief", action="store_true", help="per-study summary only, without the table of trials")
+    p.add_argument("--json", action="store_true", help="print the status as JSON (for scripts)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ui", formatter_class=fmt,
+                       help="serve the MLflow UI over a sweep's store and print its URL; runs until Ctrl-C")
+    p.add_argument("sweep", nargs="?", default=None, help="sweep folder (holding sweep.json and mlflow.db)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow store to serve instead of (or without) a sweep folder, e.g. sqlite:///runs/quickstart/mlflow.db")
+    p.add_argument("--host", default="127.0.0.1", metavar="H",
+                   help="interface to listen on; the UI has no login, so keep 127.0.0.1 unless you trust the network")
+    p.add_argument("--port", type=int, default=5000, metavar="P", help="port to listen on; 0 picks a free one")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to answer")
+    p.add_argument("--quiet", action="store_true", help="print only the URL (no progress lines, no server log)")
+    p.add_argument("--debug-server", action="store_true", help="show the MLflow server's log even with --quiet")
+    p.set_defaults(func=cmd_ui)
