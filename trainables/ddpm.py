@@ -65,12 +65,13 @@ class DDPMTrainer(Base):
             self._evaluator = ensure_evaluator(self.cfg.data, self.device, self.cfg.cache_dir, self.quiet)
         return self._evaluator
 
-    def sample(self, labels: torch.Tensor, w: float, seed: int, keep_at: tuple[int, ...] = ()):
-        """Guided samples in [-1, 1]; the same seed gives the same noise for every w."""
+    def sample(self, labels: torch.Tensor, w: float, seed: int, keep_at: tuple[int, ...] = (), sampler: GuidedSampler | None = None):
+        """Guided samples in [-1, 1]; the same seed gives the same noise for every w. Pass one `sampler`
+        for several calls to reuse its CUDA graphs (dropping it frees their memory)."""
         self.model.eval()
         g = torch.Generator(device=self.device).manual_seed(seed)
         with autocast(self.cfg, self.device):
-            x, kept = GuidedSampler(self.model, self.schedule).sample(labels, w, generator=g, keep_at=keep_at)
+            x, kept = (sampler or GuidedSampler(self.model, self.schedule)).sample(labels, w, generator=g, keep_at=keep_at)
         self.model.train()
         return x.float(), kept
 
@@ -81,8 +82,9 @@ class DDPMTrainer(Base):
         labels = torch.arange(10, device=self.device).repeat_interleave(cfg.n_per_digit)  # rows = digits
         m: dict[str, float] = {"evaluator_val_acc": clf_acc}
         best = (-1.0, 0.0, None)
+        sampler = GuidedSampler(self.model, self.schedule)  # one per evaluation: its CUDA graphs serve every w
         for w in cfg.guidance:
-            x, _ = self.sample(labels, w, seed=cfg.seed + 12345)
+            x, _ = self.sample(labels, w, seed=cfg.seed + 12345, sampler=sampler)
             acc = float((clf(x).argmax(1) == labels).float().mean())
             m[w_key(w)] = acc
             if acc > best[0]:

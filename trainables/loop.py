@@ -89,6 +89,20 @@ def check_finite(**losses: torch.Tensor) -> None:
         raise Diverged(f"diverged: {bad[0]} is not finite")
 
 
+def nonfinite_tensor(state: Any, prefix: str = "") -> str | None:
+    """Dotted name of the first floating tensor in a (nested) state dict holding NaN/inf, or None."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() and not bool(torch.isfinite(state).all()):
+            return prefix or "tensor"
+        return None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for k, v in items:
+        bad = nonfinite_tensor(v, f"{prefix}.{k}" if prefix else str(k))
+        if bad is not None:
+            return bad
+    return None
+
+
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     s = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -175,6 +189,15 @@ def fit(
             metrics = trainer.train_epoch(epoch)
         except Diverged as e:
             metrics, reason = {}, str(e)
+        except RuntimeError as e:
+            # NaN weights can make an op refuse its input before check_finite sees a loss (BCE raises
+            # "all elements of input should be between 0 and 1" on NaN probabilities): that is a
+            # diverged trial to stop and record, not a crash to retry from the last checkpoint.
+            bad = nonfinite_tensor(trainer.state())
+            if bad is None:
+                raise
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            metrics, reason = {}, f"diverged: {bad} is not finite ({first})"
         grid = None
         metrics["epoch"] = epoch
         if reason is None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):

@@ -1,0 +1,477 @@
+"""Export a trial as a self-describing bundle, load it back, and sample / classify with it.
+
+A bundle is a folder:
+  model.safetensors   the model weights only (GAN: G.* and D.*; DDPM and DANN: model.*), no optimizer state
+  bundle.json         family, flat config, metrics, sweep, study, trial id, epoch, code version, data
+                      fingerprints and the sha256 of model.safetensors
+
+`generate` and `predict` work from the bundle alone (no sweep folder, no Ray, no MLflow). The same
+`generate_images` runs on a bundle's and on a checkpoint's weights, so the two can be compared.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from analysis.errors import CheckpointError, DataError, GentuneError
+
+BUNDLE_FORMAT = "gentune-bundle"
+BUNDLE_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "bundle.json"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# which parts of a trainer's state are model weights, per family
+MODEL_KEYS = {"gan": ("G", "D"), "ddpm": ("model",), "dann": ("model",)}
+
+
+def log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GentuneError(f"--device {name} was asked for but CUDA is not available; use auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise GentuneError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, auto)") from None
+
+
+# --- models from a config and weights ---------------------------------------------------------------
+
+def parse_config(family: str, flat: dict[str, Any], where: str):
+    """The family's frozen config from a flat dict, refusing (CheckpointError) what does not parse."""
+    from trainables.config import config_class, from_flat
+
+    if family not in MODEL_KEYS:
+        raise CheckpointError(f"{where}: unknown family {family!r}; expected gan, ddpm or dann")
+    try:
+        return from_flat(config_class(family), dict(flat))
+    except GentuneError as e:
+        raise CheckpointError(f"{where}: its config does not parse: {e}") from None
+
+
+def build_models(family: str, cfg) -> dict[str, nn.Module]:
+    """The family's modules for `cfg`, keyed as in the trainer's state (weights not loaded)."""
+    if family == "gan":
+        from models.gan import build_gan
+
+        g, d = build_gan(cfg.model)
+        return {"G": g, "D": d}
+    if family == "ddpm":
+        from models.ddpm import DDPM
+
+        return {"model": DDPM(cfg.n_feat)}
+    from models.dann import DANN
+
+    return {"model": DANN()}
+
+
+def load_models(family: str, cfg, state: dict[str, dict[str, torch.Tensor]], where: str,
+                device: torch.device | str = "cpu") -> dict[str, nn.Module]:
+    """Build the modules from the config and load `state` ({"G": state_dict, ...}) strictly, in eval mode."""
+    mods = build_models(family, cfg)
+    for key, m in mods.items():
+        if key not in state:
+            raise CheckpointError(f"{where}: holds no weights for {key!r} of a {family} model")
+        try:
+            m.load_state_dict(state[key], strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            detail = " ".join(s.strip() for s in first[:2])[:300]
+            raise CheckpointError(f"{where}: the weights do not match the config's {family} model ({detail})") from None
+        m.to(device).eval()
+    return mods
+
+
+def flatten_state(state: dict[str, Any], family: str) -> dict[str, torch.Tensor]:
+    """Trainer state -> {"G.main.0.weight": tensor, ...}: the model state dicts only, contiguous CPU copies."""
+    out: dict[str, torch.Tensor] = {}
+    for key in MODEL_KEYS[family]:
+        if key not in state:
+            raise CheckpointError(f"the {family} checkpoint's state has no {key!r} weights")
+        for k, v in state[key].items():
+            out[f"{key}.{k}"] = v.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def unflatten_state(flat: dict[str, torch.Tensor], family: str) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in MODEL_KEYS[family]}
+    for name, v in flat.items():
+        head, _, rest = name.partition(".")
+        if head not in out or not rest:
+            raise CheckpointError(f"{WEIGHTS}: unexpected tensor {name!r} for a {family} model")
+        out[head][rest] = v
+    return out
+
+
+# --- sampling: one function for bundles and checkpoints --------------------------------------------
+
+def default_n(family: str) -> int:
+    return 32 if family == "gan" else 100
+
+
+def ddpm_labels(n: int, digit: int | None, device: torch.device | str = "cpu") -> tuple[torch.Tensor, int]:
+    """Labels and grid row length: one digit repeated, or rows of digits 0-9 (columns = different noise)."""
+    if digit is not None:
+        return torch.full((n,), int(digit), dtype=torch.long, device=device), min(n, 10)
+    per = max(1, math.ceil(n / 10))
+    return torch.arange(10, device=device).repeat_interleave(per)[:n], per
+
+
+def default_guidance(cfg, metrics: dict[str, float] | None) -> float:
+    """The trial's best w when it reported one, else the first w of its config."""
+    if metrics and "best_w" in metrics and math.isfinite(metrics["best_w"]):
+        return float(metrics["best_w"])
+    return float(cfg.guidance[0])
+
+
+@torch.no_grad()
+def generate_images(family: str, cfg, models: dict[str, nn.Module], *, n: int | None = None, seed: int = 0,
+                    digit: int | None = None, guidance: float | None = None, metrics: dict[str, float] | None = None,
+                    device: torch.device | str = "cpu", keep_at: tuple[int, ...] = (),
+                    quiet: bool = True) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[str, Any]]:
+    """Images in [-1, 1] (N,3,H,W) on the CPU, the kept x_t (DDPM), and what was used (n, seed, w, labels, nrow).
+
+    GAN: z ~ N(0, 1) of shape (n, 100, 1, 1) from a CPU generator seeded with `seed` (the same z on any device).
+    DDPM: classifier-free guided sampling from noise drawn by a generator on `device` seeded with `seed`.
+    """
+    device = torch.device(device)
+    n = n or default_n(family)
+    if n < 1:
+        raise GentuneError(f"--n must be >= 1, got {n}")
+    if family == "gan":
+        from models.gan import NZ
+
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        z = torch.randn(n, NZ, 1, 1, generator=g).to(device)
+        G = models["G"].eval()
+        x = torch.cat([G(c).float() for c in z.split(256)])
+        return x.cpu(), {}, {"n": n, "seed": seed, "nrow": 8}
+    if family == "ddpm":
+        from models.ddpm import GuidedSampler, NoiseSchedule
+
+        if digit is not None and not 0 <= digit <= 9:
+            raise GentuneError(f"--digit must be 0-9, got {digit}")
+        w = default_guidance(cfg, metrics) if guidance is None else float(guidance)
+        if w < 0:
+            raise GentuneError(f"--guidance must be >= 0, got {w}")
+        labels, nrow = ddpm_labels(n, digit, device)
+        log(f"gentune: sampling {n} digit(s) with the DDPM (T={cfg.T}, w={w:g}) on {device} ...", quiet)
+        schedule = NoiseSchedule(cfg.T, cfg.beta1, cfg.beta2, device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        net = models["model"].eval()
+        if w == 0 and device.type != "cuda":  # (the CUDA sampler skips the unconditional half itself)
+            net = _CondOnly(net).eval()
+        x, kept = GuidedSampler(net, schedule).sample(labels, w, generator=gen, keep_at=keep_at)
+        return x.float().cpu(), {k: v.float().cpu() for k, v in kept.items()}, {
+            "n": n, "seed": seed, "w": w, "labels": labels.cpu().tolist(), "nrow": nrow}
+    raise GentuneError(f"a {family} model does not generate images; use `gentune predict` for DANN bundles")
+
+
+class _CondOnly(nn.Module):
+    """With w = 0 the guided eps is (1 + 0) eps_cond - 0 eps_uncond = eps_cond: run the network on the
+    conditional half of the sampler's doubled batch only and return zeros for the other half (half the work)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0] // 2
+        eps = self.model(x[:n], c[:n], t[:n], drop[:n])
+        return torch.cat([eps, torch.zeros_like(eps)])
+
+
+def image_grid(x: torch.Tensor, nrow: int) -> torch.Tensor:
+    """[-1, 1] images (N,3,H,W) -> uint8 grid (3,H',W') with 2-pixel white padding."""
+    import torchvision.utils as vutils
+
+    from trainables.common import to_uint8
+
+    return to_uint8(vutils.make_grid(x.float().cpu(), nrow=nrow, padding=2, pad_value=1))
+
+
+def save_png(grid_u8: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid_u8.permute(1, 2, 0).numpy()).save(path)
+
+
+def models_from_checkpoint(ckpt: dict[str, Any], where: str, device: torch.device | str = "cpu"):
+    family = ckpt["family"]
+    cfg = parse_config(family, ckpt["config"], where)
+    return cfg, load_models(family, cfg, ckpt["state"], where, device)
+
+
+def sample_from_checkpoint(path: str | Path, *, n: int | None = None, seed: int = 0, digit: int | None = None,
+                           guidance: float | None = None, device: str = "cpu", quiet: bool = True):
+    """`generate_images` with a trial checkpoint's weights; the w default is the checkpoint's last best_w."""
+    from trainables.loop import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    dev = resolve_device(device)
+    cfg, mods = models_from_checkpoint(ckpt, str(path), dev)
+    metrics = (ckpt.get("history") or [{}])[-1]
+    x, _, used = generate_images(ckpt["family"], cfg, mods, n=n, seed=seed, digit=digit, guidance=guidance,
+                                 metrics=metrics, device=dev, quiet=quiet)
+    return x, used
+
+
+# --- bundles ---------------------------------------------------------------------------------------
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: dict[str, Any]
+    family: str
+    cfg: Any
+    models: dict[str, nn.Module]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self.meta.get("metrics") or {})
+
+
+def data_fingerprints(family: str, cfg, quiet: bool = True) -> dict[str, str | None]:
+    """The content fingerprint of each dataset split the trial trained/validated on (None where unreadable)."""
+    from trainables.data import load_split
+
+    parts = {"gan": [("data", "train", 64, "faces")], "ddpm": [("data", "train", 28, "digits")],
+             "dann": [("source", "train", 32, "digits"), ("target", "train", 32, "digits"),
+                      ("source", "val", 32, "digits"), ("target", "val", 32, "digits")]}[family]
+    out: dict[str, str | None] = {}
+    for attr, split, size, kind in parts:
+        try:
+            out[f"{attr}.{split}"] = load_split(getattr(cfg, attr), split, size, kind, cfg.cache_dir, quiet=True).fingerprint
+        except GentuneError as e:
+            log(f"gentune export: warning: data fingerprint of {attr}.{split} unavailable ({e})", quiet)
+            out[f"{attr}.{split}"] = None
+    return out
+
+
+def check_out(out: Path, force: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise GentuneError(f"--out {out} already exists and is not empty; pick a new folder or add --force")
+    return out
+
+
+def write_bundle(out: Path, ckpt: dict[str, Any], *, metrics: dict[str, float], sweep: str = "", study: str = "",
+                 trial_id: str = "", force: bool = False, quiet: bool = True) -> Path:
+    """Write the bundle of checkpoint `ckpt` into the new folder `out`, atomically (a failure leaves nothing)."""
+    from safetensors.torch import save_file
+
+    family = ckpt["family"]
+    cfg = parse_config(family, ckpt["config"], "checkpoint")
+    out = check_out(Path(out).expanduser(), force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tensors = flatten_state(ckpt["state"], family)
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": BUNDLE_FORMAT, "family": family})
+        meta = {
+            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "family": family, "config": ckpt["config"],
+            "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+            "sweep": sweep, "study": study, "trial_id": trial_id, "epoch": int(ckpt.get("epoch", 0)),
+            "stop_reason": ckpt.get("stop_reason"), "code_version": ckpt.get("code_version", "unknown"),
+            "data_fingerprint": data_fingerprints(family, cfg, quiet),
+            "weights": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS),
+            "tensors": len(tensors), "parameters": int(sum(v.numel() for v in tensors.values())),
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_bundle(path: str | Path, family: str | tuple[str, ...] | None = None, device: str | torch.device = "cpu") -> Bundle:
+    """Read and verify a bundle: bundle.json parses, sha256 of the weights matches, the family is the one
+    expected, the config parses and the weights fit the model it builds. Any failure is one CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path).expanduser()
+    folder = p.parent if p.is_file() and p.name == META else p
+    meta_path = folder / META
+    if not folder.is_dir():
+        raise CheckpointError(f"bundle {p} does not exist (expected a folder made by `gentune export`)")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder} is not a gentune bundle: it has no {META}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise CheckpointError(f"{meta_path} is not a gentune bundle description (format {BUNDLE_FORMAT!r})")
+    if meta.get("version") != BUNDLE_VERSION:
+        raise CheckpointError(f"{meta_path}: bundle version {meta.get('version')!r} is not supported (expected {BUNDLE_VERSION})")
+    fam = meta.get("family")
+    wanted = (family,) if isinstance(family, str) else family
+    if wanted is not None and fam not in wanted:
+        raise CheckpointError(f"{folder} is a {fam} bundle, but a {' or '.join(wanted)} bundle is needed here")
+    weights = folder / str(meta.get("weights") or WEIGHTS)
+    if not weights.is_file():
+        raise CheckpointError(f"bundle {folder}: {weights.name} is missing")
+    digest = sha256_file(weights)
+    if digest != meta.get("sha256"):
+        raise CheckpointError(f"bundle {folder}: {weights.name} does not match its sha256 in {META} "
+                              f"(file changed or truncated: {digest[:12]}... != {str(meta.get('sha256'))[:12]}...)")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{meta_path}: 'config' must be a mapping of config keys")
+    cfg = parse_config(fam, meta["config"], str(meta_path))
+    try:
+        flat = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"bundle {folder}: cannot read {weights.name} ({str(e).splitlines()[0][:200]})") from None
+    mods = load_models(fam, cfg, unflatten_state(flat, fam), f"bundle {folder}", device)
+    return Bundle(folder, meta, fam, cfg, mods)
+
+
+def generate_from_bundle(path: str | Path, *, n: int | None = None, seed: int = 0, digit: int | None = None,
+                         guidance: float | None = None, device: str = "cpu", quiet: bool = True):
+    dev = resolve_device(device)
+    b = load_bundle(path, ("gan", "ddpm"), dev)
+    x, _, used = generate_images(b.family, b.cfg, b.models, n=n, seed=seed, digit=digit, guidance=guidance,
+                                 metrics=b.metrics, device=dev, quiet=quiet)
+    return b, x, used
+
+
+# --- DANN prediction -------------------------------------------------------------------------------
+
+def read_images(folder: str | Path, size: int = 32) -> tuple[list[str], torch.Tensor]:
+    """(file names sorted, uint8 (N,3,size,size)) of the images in `folder` (non-recursive), resized as the
+    data layer resizes (antialiased bilinear)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    d = Path(folder).expanduser()
+    if not d.is_dir():
+        raise DataError(f"image folder {d} does not exist")
+    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise DataError(f"{d} holds no images ({', '.join(IMAGE_EXTS)})")
+    out = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                a = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"cannot read image {p}: {e}") from None
+        x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None]
+        if x.shape[-2:] != (size, size):
+            x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        out.append(x)
+    return [p.name for p in files], torch.cat(out)
+
+
+@torch.no_grad()
+def classify(model: nn.Module, images_u8: torch.Tensor, device: torch.device | str = "cpu", batch: int = 512) -> torch.Tensor:
+    """Labels (N,) of uint8 (N,3,32,32) images by a DANN (its label predictor on its features)."""
+    model.eval()
+    preds = []
+    for i in range(0, len(images_u8), batch):
+        x = images_u8[i : i + batch].to(device).float().div_(127.5).sub_(1.0)
+        preds.append(model(x).argmax(1).cpu())
+    return torch.cat(preds)
+
+
+def predict_folder(bundle: str | Path, images: str | Path, out_csv: str | Path | None, device: str = "cpu",
+                   quiet: bool = True) -> tuple[list[str], list[int]]:
+    """Classify every image of a folder with a DANN bundle; write `image_name,label` CSV when out_csv is given."""
+    import csv
+
+    dev = resolve_device(device)
+    b = load_bundle(bundle, "dann", dev)
+    names, x = read_images(images, 32)
+    log(f"gentune predict: classifying {len(names)} image(s) from {images} ...", quiet)
+    labels = classify(b.models["model"], x, dev).tolist()
+    if out_csv is not None:
+        out = Path(out_csv).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image_name", "label"])
+            w.writerows(zip(names, labels))
+    return names, labels
+
+
+# --- export from a sweep, and the MLflow model registry --------------------------------------------
+
+def export_best(sweep, out: str | Path, *, study: str | None = None, metric: str | None = None, mode: str | None = None,
+                trial_id: str | None = None, force: bool = False, quiet: bool = True):
+    """Export the best finished trial of a study (by its final `metric`) as a bundle in `out`; (Trial, Path)."""
+    check_out(Path(out).expanduser(), force)
+    if trial_id is not None:
+        best = sweep.trial(trial_id)
+        if study is not None and best.study != study:
+            raise GentuneError(f"trial {trial_id} belongs to study {best.study}, not --study {study}")
+        st = sweep.studies[best.study]
+    else:
+        st = sweep.study(study)
+    metric, mode = metric or st.metric, mode or st.mode
+    if mode not in ("min", "max"):
+        raise GentuneError(f"--mode must be min or max, got {mode!r}")
+    if trial_id is not None:
+        if best.value(metric) is None:
+            raise GentuneError(f"trial {trial_id} reported no {metric!r}")
+    else:
+        best = sweep.best_trial(st.name, metric, mode)
+    if best is None:
+        seen = sorted({k for t in sweep.trials(st.name) for k in t.metrics})
+        raise GentuneError(f"no trial of study {st.name} finished with metric {metric!r}"
+                           + (f"; metrics reported: {', '.join(seen)}" if seen else "; no trial reported any metric"))
+    ckpt = sweep.load_checkpoint(best)
+    log(f"gentune export: trial {best.trial_id} of study {st.name}, {metric}={best.value(metric):.6g} "
+        f"(epoch {ckpt.get('epoch')}) -> {out}", quiet)
+    path = write_bundle(Path(out), ckpt, metrics=best.metrics, sweep=sweep.name, study=st.name,
+                        trial_id=best.trial_id, force=force, quiet=quiet)
+    return best, path
+
+
+def register_bundle(tracking_uri: str, bundle_dir: Path, run_id: str, name: str, artifact_path: str = "bundle"):
+    """Log the bundle folder as artifacts of the trial run and add it as a new version of registered model `name`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        c.log_artifacts(run_id, str(bundle_dir), artifact_path=artifact_path)
+        try:
+            c.get_registered_model(name)
+        except MlflowException:
+            c.create_registered_model(name, description="gentune bundles (model.safetensors + bundle.json)")
+        source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+        meta = json.loads((bundle_dir / META).read_text())
+        tags = {k: str(meta.get(k, "")) for k in ("family", "sweep", "study", "trial_id", "sha256")}
+        mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    except MlflowException as e:
+        raise GentuneError(f"MLflow model registry ({tracking_uri}): {e.message if hasattr(e, 'message') else e}") from None
+    return mv

@@ -1,0 +1,570 @@
+"""`gentune report`: a finished sweep -> the report's figures and tables (PNG + index.html + report.md),
+also logged to each study's MLflow parent run under `report/`.
+
+What it shows, per family (for the best trial of each, or the trials named with --trial):
+- architectures, as `gentune arch` prints them;
+- GAN: the first 32 images of model A and of model B from the same noise, side by side, with face rate / FID;
+- DDPM: a 10x10 grid (rows digits 0-9, columns noise) at the trial's best w, the reverse process of the
+  grid's first "0" at t = 500, 300, 100, 60, 40, 0 (scaled to the trial's T), accuracy per w;
+- DANN: the report's table (source-only / DANN / target-only x scenario) and t-SNE of validation features
+  coloured by class and by domain, one pair per scenario;
+- every study: its metric per trial over epochs, Optuna's parameter importances and parallel coordinates
+  (from an in-memory Optuna study rebuilt from the MLflow runs) and the trials table.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from analysis import compare as C
+from analysis import export as E
+from analysis.errors import CheckpointError, GentuneError
+from analysis.sweepdata import Study, Sweep, Trial, better, varied_params
+
+REVERSE_STEPS = (500, 300, 100, 60, 40, 0)  # the report's steps, for T = 500
+DOMAIN_NAMES = {"mnistm": "MNIST-M", "usps": "USPS", "svhn": "SVHN", "mnist": "MNIST"}
+DANN_ROWS = (("source-only", "Trained on source"), ("dann", "Adaptation (DANN)"), ("target-only", "Trained on target"))
+
+
+# --- a small document model rendered to both HTML and Markdown -----------------------------------------
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[tuple] = field(default_factory=list)
+    studies: set[str] = field(default_factory=set)  # MLflow parent runs the section's figures go to
+
+    def text(self, s: str) -> None:
+        self.blocks.append(("text", s))
+
+    def note(self, s: str) -> None:
+        self.blocks.append(("note", s))
+
+    def pre(self, s: str) -> None:
+        self.blocks.append(("pre", s))
+
+    def table(self, columns: list[str], rows: list[list[str]], caption: str = "") -> None:
+        self.blocks.append(("table", columns, rows, caption))
+
+    def figure(self, path: Path, caption: str) -> None:
+        self.blocks.append(("figure", path.name, caption))
+
+    @property
+    def figures(self) -> list[str]:
+        return [b[1] for b in self.blocks if b[0] == "figure"]
+
+
+def render_md(title: str, intro: list[str], sections: list[Section]) -> str:
+    out = [f"# {title}", "", *intro, ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        for b in s.blocks:
+            if b[0] == "text":
+                out += [b[1], ""]
+            elif b[0] == "note":
+                out += [f"> Note: {b[1]}", ""]
+            elif b[0] == "pre":
+                out += ["```", b[1], "```", ""]
+            elif b[0] == "table":
+                if b[3]:
+                    out += [f"**{b[3]}**", ""]
+                out += [C.markdown_table(b[1], b[2]), ""]
+            elif b[0] == "figure":
+                out += [f"![{b[2]}]({b[1]})", "", f"*{b[2]}*", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}
+th{background:#f3f3f3}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:11px;max-height:28em}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#444}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}details{margin:.5em 0}"""
+
+
+def render_html(title: str, intro: list[str], sections: list[Section]) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{CSS}</style></head><body>",
+           f"<h1>{escape(title)}</h1>", *(f"<p>{escape(p)}</p>" for p in intro)]
+    toc = "".join(f"<li><a href='#s{i}'>{escape(s.title)}</a></li>" for i, s in enumerate(sections))
+    out.append(f"<ul>{toc}</ul>")
+    for i, s in enumerate(sections):
+        out.append(f"<h2 id='s{i}'>{escape(s.title)}</h2>")
+        for b in s.blocks:
+            if b[0] == "text":
+                out.append(f"<p>{escape(b[1])}</p>")
+            elif b[0] == "note":
+                out.append(f"<p class='note'>{escape(b[1])}</p>")
+            elif b[0] == "pre":
+                out.append(f"<details><summary>show</summary><pre>{escape(b[1])}</pre></details>")
+            elif b[0] == "table":
+                if b[3]:
+                    out.append(f"<p><b>{escape(b[3])}</b></p>")
+                out.append(C.html_table(b[1], b[2]))
+            elif b[0] == "figure":
+                out.append(f"<figure><img src='{escape(b[1])}' alt='{escape(b[2])}'>"
+                           f"<figcaption>{escape(b[2])}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+def domain_name(dc_domain: Any, dc_source: Any) -> str:
+    key = str(dc_domain or dc_source or "?")
+    return DOMAIN_NAMES.get(key, key)
+
+
+class Report:
+    def __init__(self, sweep: Sweep, out: Path, *, trial_ids: list[str] | None = None,
+                 arch_text: Callable[[str], str] | None = None, device: str = "auto", seed: int = 0,
+                 tsne_max: int = 500, quiet: bool = False) -> None:
+        self.sweep, self.out, self.arch_text = sweep, out, arch_text
+        self.device = E.resolve_device(device)
+        self.seed, self.tsne_max, self.quiet = seed, tsne_max, quiet
+        if tsne_max < 10:
+            raise GentuneError(f"--tsne-max must be >= 10, got {tsne_max}")
+        self.named = [sweep.trial(t) for t in trial_ids] if trial_ids else None
+        self.sections: list[Section] = []
+        self.gan_models: set[str] = set()  # the GAN models shown ("A", "B")
+
+    def log(self, msg: str) -> None:
+        E.log(f"gentune report: {msg}", self.quiet)
+
+    def studies_of(self, family: str) -> list[Study]:
+        return [s for s in self.sweep.studies.values() if s.family == family]
+
+    def best_across(self, family: str, where: dict[str, Any] | None = None) -> Trial | None:
+        """The best finished trial of `family` over its studies (by each study's metric when they share
+        one; otherwise the first study, in spec order, that has one)."""
+        studies = self.studies_of(family)
+        picks = [(st, self.sweep.best_trial(st.name, where=where)) for st in studies]
+        picks = [(st, t) for st, t in picks if t is not None]
+        if not picks:
+            return None
+        if len({(st.metric, st.mode) for st, _ in picks}) > 1:
+            return picks[0][1]
+        st0, best = picks[0]
+        for st, t in picks[1:]:
+            if better(t.value(st.metric), best.value(st0.metric), st0.mode):  # type: ignore[arg-type]
+                best = t
+        return best
+
+    def metric_of(self, trial: Trial) -> tuple[str, str]:
+        st = self.sweep.studies.get(trial.study)
+        return (st.metric, st.mode) if st else ("", "max")
+
+    def models_for(self, trial: Trial):
+        ckpt = self.sweep.load_checkpoint(trial)
+        cfg, mods = E.models_from_checkpoint(ckpt, str(self.sweep.checkpoint_path(trial)), self.device)
+        return ckpt, cfg, mods
+
+    def trial_label(self, t: Trial) -> str:
+        return f"trial {t.trial_id} (study {t.study})"
+
+    # --- sections ----------------------------------------------------------------------------------
+
+    def overview(self) -> Section:
+        s = Section("Sweep")
+        rows = []
+        for st in self.sweep.studies.values():
+            trials = self.sweep.trials(st.name)
+            best = self.sweep.best_trial(st.name)
+            rows.append([st.name, st.family, f"{st.metric} ({st.mode})", str(len(trials)),
+                         str(len(self.sweep.finished(st.name, st.metric))), best.trial_id if best else "-",
+                         num(best.value(st.metric)) if best else "-"])
+        s.table(["study", "family", "metric", "trials", "finished with metric", "best trial", "best (final)"], rows)
+        if self.sweep.info.get("smoke"):
+            s.note("This sweep ran with --smoke: tiny models and runs on the embedded demo data, so the numbers "
+                   "and images only show that the pipeline works, not what the models can do.")
+        return s
+
+    def architectures(self, names: list[str]) -> Section | None:
+        if self.arch_text is None or not names:
+            return None
+        s = Section("Model architectures")
+        s.text("As `gentune arch NAME` prints them (the report's configuration; a trial's config may change "
+               "sizes such as the DDPM's n_feat).")
+        for n in names:
+            s.text(f"gentune arch {n}")
+            s.pre(self.arch_text(n))
+        return s
+
+    def gan(self) -> Section | None:
+        if self.named is not None:
+            chosen = [t for t in self.named if t.family == "gan"]
+        else:
+            chosen = [t for m in ("A", "B") if (t := self.best_across("gan", {"model": m})) is not None]
+        if not chosen and (not self.studies_of("gan") or self.named is not None):
+            return None
+        s = Section("GAN: generated faces")
+        if not chosen:
+            s.note("No GAN trial finished with its metric, so there is nothing to show.")
+            return s
+        panels, rows = [], []
+        for t in chosen:
+            try:
+                ckpt, cfg, mods = self.models_for(t)
+            except CheckpointError as e:
+                if self.named is not None:
+                    raise
+                s.note(f"{self.trial_label(t)} is skipped: {e}")
+                continue
+            self.log(f"GAN model {cfg.model}: 32 images of {self.trial_label(t)}")
+            x, _, _ = E.generate_images("gan", cfg, mods, n=32, seed=self.seed, device=self.device)
+            fr, fid = t.value("face_rate"), t.value("fid")
+            cap = f"model {cfg.model}, trial {t.trial_id}: face rate {pct(fr)}" + (f", FID {fid:.2f}" if fid is not None else "")
+            panels.append((cap, E.image_grid(x, 8)))
+            self.gan_models.add(cfg.model)
+            s.studies.add(t.study)
+            rows.append([f"model {cfg.model}", t.trial_id, t.study, str(ckpt.get("epoch")), pct(fr),
+                         f"{fid:.2f}" if fid is not None else "-", num(t.value("diversity"))])
+        from analysis import plots
+
+        if not panels:
+            return s
+        path = plots.image_panels(panels, self.out / "gan_samples.png",
+                                  f"first 32 images from the same noise (seed {self.seed})")
+        s.figure(path, "The first 32 generated images of each model, from the same fixed noise "
+                       f"(z ~ N(0,1), seed {self.seed}); left to right: " + "; ".join(c for c, _ in panels))
+        s.table(["model", "trial", "study", "epoch", "face rate", "FID", "diversity"], rows,
+                "Metrics of the trials shown (face rate and FID on the trial's own evaluation samples)")
+        models = {r[0] for r in rows}
+        if self.named is None:
+            for m in ("A", "B"):
+                if f"model {m}" not in models:
+                    s.note(f"The sweep has no finished trial of model {m}; only "
+                           f"{' and '.join(sorted(models))} is shown.")
+        if not any(t.value("fid") is not None for t in chosen):
+            s.note("FID is absent: the trials ran without Inception weights (fid: auto found none, or fid: off).")
+        return s
+
+    def ddpm(self) -> list[Section]:
+        if self.named is not None:
+            chosen = [t for t in self.named if t.family == "ddpm"]
+        else:
+            chosen = [t for t in [self.best_across("ddpm")] if t is not None]
+        if not chosen and self.studies_of("ddpm") and self.named is None:
+            s = Section("Conditional DDPM")
+            s.note("No DDPM trial finished with its metric, so there is nothing to show.")
+            return [s]
+        from analysis import plots
+
+        out = []
+        for t in chosen:
+            s = Section(f"Conditional DDPM: trial {t.trial_id}", studies={t.study})
+            out.append(s)
+            try:
+                ckpt, cfg, mods = self.models_for(t)
+            except CheckpointError as e:
+                if self.named is not None:
+                    raise
+                s.note(f"{self.trial_label(t)} is skipped: {e}")
+                continue
+            w = E.default_guidance(cfg, t.metrics)
+            steps = [round(k * cfg.T / 500) for k in REVERSE_STEPS]
+            self.log(f"DDPM: 10x10 grid of {self.trial_label(t)} (T={cfg.T}, w={w:g}) on {self.device} ...")
+            t0 = time.perf_counter()
+            x, kept, _ = E.generate_images("ddpm", cfg, mods, n=100, seed=self.seed, guidance=w,
+                                              device=self.device, keep_at=tuple(sorted(set(steps))))
+            self.log(f"DDPM: sampled in {time.perf_counter() - t0:.1f}s")
+            tag = slug(t.trial_id)
+            g = plots.digit_grid(E.image_grid(x, 10), 10, self.out / f"ddpm_{tag}_grid.png",
+                                 f"trial {t.trial_id}: w={w:g}, T={cfg.T}, seed {self.seed}")
+            s.figure(g, f"100 generated digits, rows digits 0-9, columns different noise; guidance w={w:g} "
+                        f"(the trial's best), T={cfg.T}, epoch {ckpt.get('epoch')}")
+            frames = [(f"t={k}" if cfg.T == 500 else f"t={st} ({k}/500·T)", kept[st][0]) for k, st in zip(REVERSE_STEPS, steps)]
+            r = plots.reverse_process(frames, self.out / f"ddpm_{tag}_reverse.png",
+                                      f"reverse process of the first '0' (T={cfg.T})")
+            s.figure(r, "The reverse process of the grid's first \"0\" at t = 500, 300, 100, 60, 40, 0"
+                        + ("" if cfg.T == 500 else f", scaled to this trial's T={cfg.T}: t = {', '.join(map(str, steps))}"))
+            accs = sorted(((float(k[5:]), v) for k, v in t.metrics.items()
+                           if k.startswith("acc_w") and _is_float(k[5:]) and math.isfinite(v)), key=lambda p: p[0])
+            if accs:
+                best_i = max(range(len(accs)), key=lambda i: accs[i][1])
+                b = plots.bars([f"w={w_:g}" for w_, _ in accs], [a for _, a in accs], self.out / f"ddpm_{tag}_acc_per_w.png",
+                               "digit classifier accuracy", f"trial {t.trial_id}: accuracy per guidance w", best_i)
+                s.figure(b, "Accuracy of the digit evaluator on generated digits, per guidance w (last evaluation)")
+                s.table(["w", "accuracy"], [[f"{w_:g}", pct(a)] for w_, a in accs],
+                        "Accuracy per w (the trial's metrics acc_w*)")
+            ev = t.value("evaluator_val_acc")
+            if ev is not None:
+                s.text(f"The digit evaluator's own validation accuracy: {pct(ev)}.")
+        return out
+
+    def dann(self) -> Section | None:
+        studies = self.studies_of("dann")
+        named = [t for t in self.named if t.family == "dann"] if self.named is not None else None
+        if not studies:
+            return None
+        s = Section("DANN", studies={st.name for st in studies})
+        # the report's table, from every finished DANN trial: best target accuracy per (mode, scenario)
+        cells: dict[tuple[str, str], tuple[float, Trial]] = {}
+        scenarios: list[str] = []
+        by_scenario: dict[str, list[Trial]] = {}
+        tagged = set(self.sweep.best_tags.values())  # on a tie, the trial the sweep named best
+        for st in studies:
+            for t in self.sweep.finished(st.name, "target_acc"):
+                sc = (f"{domain_name(t.params.get('source.domain'), t.params.get('source.source'))} → "
+                      f"{domain_name(t.params.get('target.domain'), t.params.get('target.source'))}")
+                if sc not in scenarios:
+                    scenarios.append(sc)
+                by_scenario.setdefault(sc, []).append(t)
+                key = (str(t.params.get("mode")), sc)
+                v = t.value("target_acc")
+                if key not in cells or v > cells[key][0] or (v == cells[key][0] and t.trial_id in tagged):  # type: ignore[operator]
+                    cells[key] = (v, t)  # type: ignore[assignment]
+        if not scenarios:
+            s.note("No DANN trial finished with target_acc, so there is no table and no t-SNE.")
+            return s
+        rows = [[label, *(pct(cells[(mode, sc)][0]) if (mode, sc) in cells else "-" for sc in scenarios)]
+                for mode, label in DANN_ROWS]
+        s.table(["", *scenarios], rows, "Target-domain validation accuracy (best finished trial per cell; "
+                                        "'-': no such trial in the sweep)")
+        who = [f"{label} / {sc}: trial {cells[(mode, sc)][1].trial_id}" for mode, label in DANN_ROWS for sc in scenarios
+               if (mode, sc) in cells]
+        s.text("Cells from: " + "; ".join(who) + ".")
+        # t-SNE: one pair per scenario
+        if named is not None:
+            picks = [(next((sc for sc, ts in by_scenario.items() if t in ts), t.trial_id), t) for t in named]
+        else:
+            picks = []
+            for sc in scenarios:
+                ts = by_scenario[sc]
+                dann_ts = [t for t in ts if t.params.get("mode") == "dann"] or ts
+                picks.append((sc, max(dann_ts, key=lambda t: (t.value("target_acc"), t.trial_id in tagged))))
+        for sc, t in picks:
+            try:
+                self.tsne(s, sc, t)
+            except CheckpointError as e:
+                if named is not None:
+                    raise
+                s.note(f"t-SNE of {sc} skipped: {self.trial_label(t)}: {e}")
+        return s
+
+    def tsne(self, s: Section, scenario: str, t: Trial) -> None:
+        import numpy as np
+        from sklearn.manifold import TSNE
+
+        from analysis import plots
+        from trainables.config import config_class, from_flat
+        from trainables.loop import build_trainer
+
+        ckpt = self.sweep.load_checkpoint(t)
+        flat = {**ckpt["config"], "device": self.device.type}
+        cfg = from_flat(config_class("dann"), flat)
+        trainer = build_trainer("dann", cfg, quiet=True)
+        trainer.load_state(ckpt["state"])
+        src, tgt = trainer.src_val, trainer.tgt_val
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def pick(n: int) -> torch.Tensor:
+            return torch.randperm(n, generator=gen)[: self.tsne_max].sort().values if n > self.tsne_max else torch.arange(n)
+
+        i_s, i_t = pick(len(src)), pick(len(tgt))
+        hs = trainer.features(_subset(src, i_s)).cpu().numpy()
+        ht = trainer.features(_subset(tgt, i_t)).cpu().numpy()
+        feats = np.concatenate([hs, ht])
+        cls = np.concatenate([src.labels.cpu()[i_s].numpy(), tgt.labels.cpu()[i_t].numpy()])
+        dom = np.concatenate([np.zeros(len(hs), int), np.ones(len(ht), int)])
+        self.log(f"t-SNE of {len(feats)} validation features of {self.trial_label(t)} ({scenario}) ...")
+        t0 = time.perf_counter()
+        perplexity = float(min(30.0, max(2.0, (len(feats) - 1) / 3)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            emb = TSNE(n_components=2, init="pca", random_state=self.seed, perplexity=perplexity).fit_transform(feats)
+        self.log(f"t-SNE done in {time.perf_counter() - t0:.1f}s")
+        src_name, _, tgt_name = scenario.partition(" → ")
+        tag = slug(f"{t.trial_id}")
+        mode = t.params.get("mode")
+        a = plots.tsne_scatter(emb, cls, [str(i) for i in range(10)], self.out / f"dann_{tag}_tsne_class.png",
+                               f"{scenario} ({mode}, trial {t.trial_id}): by digit class")
+        b = plots.tsne_scatter(emb, dom, [f"source: {src_name}", f"target: {tgt_name or '?'}"],
+                               self.out / f"dann_{tag}_tsne_domain.png",
+                               f"{scenario} ({mode}, trial {t.trial_id}): by domain")
+        acc = t.value("target_acc")
+        s.text(f"t-SNE of {scenario}: trial {t.trial_id} ({mode}), target accuracy {pct(acc)}, "
+               f"{len(hs)} source + {len(ht)} target validation images (512-d extractor features).")
+        s.figure(a, f"{scenario}: t-SNE of validation features coloured by digit class (0-9)")
+        s.figure(b, f"{scenario}: t-SNE of validation features coloured by domain (source vs target)")
+
+    def study_section(self, st: Study) -> Section:
+        from analysis import plots
+
+        s = Section(f"Study {st.name} ({st.family}): {st.metric} ({st.mode})", studies={st.name})
+        trials = self.sweep.trials(st.name)
+        if not trials:
+            s.note("No trial of this study is recorded in MLflow.")
+            return s
+        best = self.sweep.best_trial(st.name)
+        series = {t.trial_id: self.sweep.history(t, st.metric) for t in trials if st.metric in t.metrics}
+        tag = slug(st.name)
+        if series:
+            p = plots.metric_over_time(series, st.metric, self.out / f"sweep_{tag}_metric.png",
+                                       f"study {st.name}: {st.metric} per trial", best.trial_id if best else None)
+            s.figure(p, f"{st.metric} of each trial after each epoch" + (f" (best: trial {best.trial_id}, drawn thicker)" if best else ""))
+        else:
+            s.note(f"No trial reported {st.metric}, so there is no metric plot.")
+        study, why = optuna_study(self.sweep, st)
+        if study is None:
+            s.note(f"Parameter importances and parallel coordinates skipped: {why}.")
+        else:
+            if len({t.value for t in study.trials}) == 1:
+                s.note(f"Every completed trial ended with the same {st.metric}, so the importances carry no information.")
+            for kind, title in (("importances", "parameter importances"), ("parallel", "parallel coordinates")):
+                try:
+                    p = plots.optuna_plot(kind, study, self.out / f"sweep_{tag}_{kind}.png", f"study {st.name}: {title}")
+                    s.figure(p, f"Optuna's {title} of the {len(study.trials)} completed trials "
+                                f"(objective: final {st.metric}, {st.mode})")
+                except Exception as e:  # noqa: BLE001 - e.g. an importance evaluator that cannot fit these few trials
+                    s.note(f"Optuna's {title} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        table = C.study_table(self.sweep, st.name)
+        s.table(table.columns, C.table_cells(table), f"Trials sorted by final {st.metric} ({st.mode}), best first")
+        return s
+
+    # --- the whole report --------------------------------------------------------------------------
+
+    def build(self) -> list[Section]:
+        fams = {st.family for st in self.sweep.studies.values()}
+        arch = []
+        gan_s = self.gan() if "gan" in fams or (self.named and any(t.family == "gan" for t in self.named)) else None
+        arch += [f"gan-{m.lower()}" for m in sorted(self.gan_models)]
+        ddpm_s = self.ddpm() if "ddpm" in fams else []
+        if ddpm_s:
+            arch.append("ddpm")
+        dann_s = self.dann() if "dann" in fams else None
+        if dann_s is not None:
+            arch.append("dann")
+        secs = [self.overview()]
+        a = self.architectures(arch)
+        if a is not None:
+            secs.append(a)
+        secs += [x for x in (gan_s, *ddpm_s, dann_s) if x is not None]
+        for st in self.sweep.studies.values():
+            self.log(f"study {st.name}: metric plot, Optuna plots, trials table")
+            secs.append(self.study_section(st))
+        self.sections = secs
+        return secs
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _subset(images, idx: torch.Tensor):
+    from trainables.data import ImageSet
+
+    idx = idx.to(images.images.device)
+    return ImageSet(images.images[idx], None if images.labels is None else images.labels[idx], images.fingerprint, images.name)
+
+
+# --- Optuna study rebuilt from MLflow ------------------------------------------------------------------
+
+def _distribution(key: str, values: list[Any], domain: dict[str, Any] | None):
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    nums = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if domain:
+        kind = next((k for k in ("loguniform", "uniform", "int", "choice") if k in domain), None)
+        if kind == "choice":
+            choices = list(domain["choice"]) + [v for v in values if v not in domain["choice"]]
+            return CategoricalDistribution([_cat(c) for c in choices])
+        if kind in ("loguniform", "uniform", "int") and nums:
+            lo, hi = (float(x) for x in domain[kind])
+            lo, hi = min(lo, *values), max(hi, *values)
+            if kind == "int":
+                return IntDistribution(int(lo), int(hi))
+            return FloatDistribution(lo, hi, log=kind == "loguniform" and lo > 0)
+    if nums:
+        lo, hi = min(values), max(values)
+        if all(isinstance(v, int) for v in values):
+            return IntDistribution(int(lo), int(hi))
+        return FloatDistribution(float(lo), float(hi), log=lo > 0 and hi / lo > 20)
+    return CategoricalDistribution(sorted({_cat(v) for v in values}, key=str))
+
+
+def _cat(v: Any) -> Any:
+    return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+
+
+def optuna_study(sweep: Sweep, st: Study):
+    """(an in-memory optuna.Study of the study's completed trials, or None, and why not)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    done = sweep.finished(st.name, st.metric)
+    if len(done) < 2:
+        return None, f"{len(done)} completed trial(s) with {st.metric}; at least 2 are needed"
+    keys = varied_params(done)
+    if not keys:
+        return None, "no parameter varies between the completed trials"
+    dists = {k: _distribution(k, [t.params.get(k) for t in done], st.search.get(k)) for k in keys}
+    study = optuna.create_study(direction="maximize" if st.mode == "max" else "minimize", study_name=st.name)
+    for t in done:
+        params = {k: (_cat(t.params.get(k)) if isinstance(dists[k], optuna.distributions.CategoricalDistribution)
+                      else t.params.get(k)) for k in keys}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.value(st.metric),
+                                                  user_attrs={"trial_id": t.trial_id}))
+    return study, ""
+
+
+# --- entry point -------------------------------------------------------------------------------------
+
+def build_report(sweep_dir: str | Path, out: str | Path, *, trial_ids: list[str] | None = None,
+                 arch_text: Callable[[str], str] | None = None, device: str = "auto", seed: int = 0,
+                 tsne_max: int = 500, log_mlflow: bool = True, tracking_uri: str = "", quiet: bool = False) -> dict[str, Any]:
+    """Write the report of a sweep into `out`; returns {index, markdown, figures, logged}."""
+    sweep = Sweep(sweep_dir, tracking_uri)
+    out = Path(out).expanduser()
+    rep = Report(sweep, out, trial_ids=trial_ids, arch_text=arch_text, device=device, seed=seed,
+                 tsne_max=tsne_max, quiet=quiet)  # checks the options before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    sections = rep.build()
+    title = f"gentune report: sweep {sweep.name}"
+    intro = [f"Sweep folder {sweep.root}; MLflow {sweep.tracking_uri}.",
+             "Demo data (embedded scikit-learn digits and scikit-image faces) where the configs use source: demo."]
+    md = render_md(title, intro, sections)
+    html = render_html(title, intro, sections)
+    (out / "report.md").write_text(md)
+    (out / "index.html").write_text(html)
+    figures = [f for s in sections for f in s.figures]
+    logged: dict[str, list[str]] = {}
+    if log_mlflow:
+        for name, st in sweep.studies.items():
+            if st.run_id is None:
+                continue
+            files = [f for s in sections if name in s.studies for f in s.figures]
+            for f in files:
+                sweep.client.log_artifact(st.run_id, str(out / f), artifact_path="report")
+            if files:
+                sweep.client.log_artifact(st.run_id, str(out / "report.md"), artifact_path="report")
+                logged[name] = files
+        rep.log(f"figures logged to the MLflow study runs under report/ ({sum(map(len, logged.values()))} files)")
+    return {"index": out / "index.html", "markdown": out / "report.md", "figures": figures, "logged": logged}

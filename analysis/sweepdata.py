@@ -1,0 +1,294 @@
+"""Reading a finished sweep: `sweep.json`, the MLflow runs of its trials, and each trial's checkpoints.
+
+Folder of a sweep (written by `gentune sweep`): <root>/sweep.json, <root>/mlflow.db (unless the sweep
+used a tracking server), and one Ray Tune experiment folder per study, <root>/<study>/<trial folder>/
+checkpoint_<n>/checkpoint.pt. Nothing here imports Ray: the trial folders are found by walking them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from analysis.errors import CheckpointError, GentuneError
+
+CHECKPOINT = "checkpoint.pt"
+_CKPT_DIR = re.compile(r"^checkpoint_(\d+)$")
+
+
+def parse_param(text: str) -> Any:
+    """An MLflow param (always a string) back to a Python value: int, float, bool, list or str."""
+    s = text.strip()
+    if s in ("True", "False", "true", "false"):
+        return s.lower() == "true"
+    for conv in (int, float):
+        try:
+            return conv(s)
+        except ValueError:
+            pass
+    if s.startswith("[") and s.endswith("]"):
+        try:
+            return json.loads(s.replace("'", '"'))
+        except ValueError:
+            pass
+    return s
+
+
+@dataclass
+class Trial:
+    """One trial as MLflow recorded it: params parsed back to values, metrics = each one's last value."""
+
+    run_id: str
+    trial_id: str
+    study: str
+    family: str
+    status: str  # MLflow run status: FINISHED, FAILED, RUNNING, KILLED
+    stop_reason: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    artifact_uri: str
+    start_time: int = 0
+
+    def value(self, metric: str) -> float | None:
+        v = self.metrics.get(metric)
+        return None if v is None or not math.isfinite(v) else float(v)
+
+
+@dataclass
+class Study:
+    name: str
+    family: str
+    metric: str
+    mode: str  # "min" or "max"
+    run_id: str | None  # the MLflow parent run of the study
+    search: dict[str, Any] = field(default_factory=dict)  # the spec's search domains (raw YAML)
+
+
+def better(a: float, b: float, mode: str) -> bool:
+    return a < b if mode == "min" else a > b
+
+
+class Sweep:
+    """A finished (or interrupted) sweep folder and its MLflow store."""
+
+    def __init__(self, root: str | Path, tracking_uri: str = "") -> None:
+        root = Path(root).expanduser()
+        if "://" in str(root):
+            raise GentuneError(f"{root}: only local sweep folders can be analysed; copy the sweep folder here first")
+        if not root.is_dir():
+            raise GentuneError(f"sweep folder {root} does not exist")
+        info_path = root / "sweep.json"
+        if not info_path.is_file():
+            raise GentuneError(f"{root} is not a sweep folder: it has no sweep.json (made by `gentune sweep`)")
+        try:
+            self.info: dict[str, Any] = json.loads(info_path.read_text())
+        except ValueError as e:
+            raise GentuneError(f"{info_path} is not valid JSON: {e}") from None
+        self.root = root.resolve()
+        self.name: str = self.info.get("name", root.name)
+        self.tracking_uri = tracking_uri or self._default_uri()
+        self._history: dict[tuple[str, str], list[tuple[int, float]]] = {}
+
+    def _default_uri(self) -> str:
+        uri = self.info.get("tracking_uri", "")
+        if uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///"):])
+            local = self.root / "mlflow.db"
+            if not db.exists() and local.exists():  # the sweep folder was moved or copied
+                return f"sqlite:///{local}"
+            if not db.exists():
+                raise GentuneError(f"the sweep's MLflow store {db} does not exist")
+        if not uri:
+            local = self.root / "mlflow.db"
+            if not local.exists():
+                raise GentuneError(f"{self.root / 'sweep.json'} names no tracking_uri and {local} does not exist")
+            return f"sqlite:///{local}"
+        return uri
+
+    # --- MLflow -----------------------------------------------------------------------------------
+
+    @cached_property
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    @cached_property
+    def experiment_id(self) -> str:
+        exp_id = self.info.get("experiment_id")
+        if exp_id is not None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self.client.get_experiment(str(exp_id))
+                return str(exp_id)
+            except MlflowException:  # a store that was recreated: look the experiment up by name
+                pass
+        exp = self.client.get_experiment_by_name(self.info.get("experiment") or self.name)
+        if exp is None:
+            raise GentuneError(f"the MLflow store {self.tracking_uri} has no experiment for sweep {self.name!r}")
+        return exp.experiment_id
+
+    def _runs(self, kind: str) -> list:
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=f"tags.`gentune.kind` = '{kind}'",
+                                           max_results=1000, page_token=token)
+            out += list(page)
+            token = getattr(page, "token", None)
+            if not token:
+                return out
+
+    @cached_property
+    def studies(self) -> dict[str, Study]:
+        """Every study of the sweep, in the spec's order."""
+        parents = {r.data.tags.get("gentune.study"): r for r in self._runs("study")}
+        spec_studies = {s.get("name"): s for s in (self.info.get("spec") or {}).get("studies", []) or []}
+        if not spec_studies and isinstance(self.info.get("spec"), dict) and "family" in self.info["spec"]:
+            single = self.info["spec"]
+            spec_studies = {single.get("name", self.name): single}
+        names = list(self.info.get("studies") or []) or list(parents)
+        out: dict[str, Study] = {}
+        for name in names:
+            p = parents.get(name)
+            tags = p.data.tags if p is not None else {}
+            metric, mode = (self.info.get("metrics") or {}).get(name, [tags.get("gentune.metric"), tags.get("gentune.mode")])
+            family = (self.info.get("families") or {}).get(name) or tags.get("gentune.family", "")
+            raw = spec_studies.get(name) or (next(iter(spec_studies.values())) if len(spec_studies) == 1 else {})
+            out[name] = Study(name, family, metric or "", mode or "max", p.info.run_id if p is not None else None,
+                              dict(raw.get("search") or {}))
+        return out
+
+    def study(self, name: str | None) -> Study:
+        """The named study, or the only one; a sweep of several needs a name."""
+        if name is None:
+            if len(self.studies) == 1:
+                return next(iter(self.studies.values()))
+            raise GentuneError(f"the sweep holds {len(self.studies)} studies; pick one with --study "
+                               f"({', '.join(self.studies)})")
+        if name not in self.studies:
+            raise GentuneError(f"--study {name!r} is not in sweep {self.name}; it has {', '.join(self.studies) or 'none'}")
+        return self.studies[name]
+
+    @cached_property
+    def all_trials(self) -> list[Trial]:
+        out = []
+        for r in self._runs("trial"):
+            t = r.data.tags
+            out.append(Trial(
+                run_id=r.info.run_id, trial_id=t.get("gentune.trial_id", ""), study=t.get("gentune.study", ""),
+                family=t.get("gentune.family", ""), status=r.info.status, stop_reason=t.get("gentune.stop_reason", ""),
+                params={k: parse_param(v) for k, v in r.data.params.items()}, metrics=dict(r.data.metrics),
+                artifact_uri=r.info.artifact_uri, start_time=r.info.start_time or 0,
+            ))
+        out.sort(key=lambda tr: (tr.start_time, tr.trial_id))
+        return out
+
+    def trials(self, study: str | None = None) -> list[Trial]:
+        return [t for t in self.all_trials if study is None or t.study == study]
+
+    def trial(self, trial_id: str) -> Trial:
+        for t in self.all_trials:
+            if t.trial_id == trial_id:
+                return t
+        raise GentuneError(f"no trial {trial_id!r} in sweep {self.name}; it has {', '.join(t.trial_id for t in self.all_trials)}")
+
+    def history(self, trial: Trial, metric: str) -> list[tuple[int, float]]:
+        """(epoch, value) of `metric` over the trial's epochs (MLflow steps are epochs)."""
+        key = (trial.run_id, metric)
+        if key not in self._history:
+            hist = self.client.get_metric_history(trial.run_id, metric)
+            by_step = {}
+            for m in sorted(hist, key=lambda m: (m.step, m.timestamp)):
+                by_step[int(m.step)] = float(m.value)  # a resumed trial may log an epoch twice: keep the last
+            self._history[key] = sorted(by_step.items())
+        return self._history[key]
+
+    def best_value(self, trial: Trial, metric: str, mode: str) -> float | None:
+        vals = [v for _, v in self.history(trial, metric) if math.isfinite(v)]
+        if not vals:
+            return None
+        return min(vals) if mode == "min" else max(vals)
+
+    def finished(self, study: str, metric: str) -> list[Trial]:
+        """Trials that ran to their end (completed or stopped early by ASHA, not diverged/failed) with `metric`."""
+        return [t for t in self.trials(study) if t.status == "FINISHED" and t.value(metric) is not None]
+
+    def best_trial(self, study: str, metric: str | None = None, mode: str | None = None,
+                   where: dict[str, Any] | None = None) -> Trial | None:
+        """The finished trial with the best final `metric` (the one its last checkpoint holds)."""
+        st = self.studies[study]
+        metric, mode = metric or st.metric, mode or st.mode
+        best = None
+        tagged = self.best_tags.get(study) if (metric, mode) == (st.metric, st.mode) else None
+        for t in self.finished(study, metric):
+            if where and any(t.params.get(k) != v for k, v in where.items()):
+                continue
+            if best is None or better(t.value(metric), best.value(metric), mode):  # type: ignore[arg-type]
+                best = t
+            elif t.value(metric) == best.value(metric) and t.trial_id == tagged:
+                best = t  # a tie: the trial the sweep itself named best
+        return best
+
+    @cached_property
+    def best_tags(self) -> dict[str, str]:
+        """{study: the trial id the sweep tagged best on the study's parent run}."""
+        return {r.data.tags.get("gentune.study", ""): r.data.tags.get("gentune.best_trial_id", "")
+                for r in self._runs("study")}
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def trial_dirs(self, study: str) -> dict[str, Path]:
+        """{trial id: Ray trial folder} of a study's experiment folder."""
+        exp = self.root / study
+        out: dict[str, Path] = {}
+        if not exp.is_dir():
+            return out
+        for d in sorted(p for p in exp.iterdir() if p.is_dir()):
+            tid = _trial_id_of(d)
+            if tid:
+                out[tid] = d
+        return out
+
+    def checkpoint_path(self, trial: Trial) -> Path:
+        """The trial's latest checkpoint file (highest checkpoint_<n> holding checkpoint.pt)."""
+        d = self.trial_dirs(trial.study).get(trial.trial_id)
+        if d is None:
+            raise CheckpointError(f"trial {trial.trial_id}: no Ray trial folder for it under {self.root / trial.study}")
+        ckpts = sorted((int(m.group(1)), p) for p in d.iterdir()
+                       if (m := _CKPT_DIR.match(p.name)) and (p / CHECKPOINT).is_file())
+        if not ckpts:
+            raise CheckpointError(f"trial {trial.trial_id}: no checkpoint_*/{CHECKPOINT} in {d}")
+        return ckpts[-1][1] / CHECKPOINT
+
+    def load_checkpoint(self, trial: Trial) -> dict[str, Any]:
+        from trainables.loop import load_checkpoint
+
+        return load_checkpoint(self.checkpoint_path(trial), trial.family or None)
+
+
+def _trial_id_of(d: Path) -> str | None:
+    """A Ray trial folder's trial id: from its result.json, else from its name (<trainable>_<id>_<n>_...)."""
+    res = d / "result.json"
+    if res.is_file():
+        try:
+            with res.open() as f:
+                first = f.readline()
+            if first.strip():
+                tid = json.loads(first).get("trial_id")
+                if tid:
+                    return str(tid)
+        except (OSError, ValueError):
+            pass
+    m = re.match(r"^.+?_([0-9a-f]{5,}(?:_[0-9]{5})?)_\d+_", d.name)
+    return m.group(1) if m else None
+
+
+def varied_params(trials: list[Trial]) -> list[str]:
+    """Param keys whose value is not the same in every trial (missing counts as a value)."""
+    keys = sorted({k for t in trials for k in t.params})
+    return [k for k in keys if len({json.dumps(t.params.get(k), sort_keys=True, default=str) for t in trials}) > 1]
