@@ -42,7 +42,7 @@ def write_jpegs(images_u8: torch.Tensor, folder: Path, quality: int = 95) -> Pat
 def tutorial_loader(root: Path, batch_size: int, image_size: int = 64, workers: int = 2) -> torch.utils.data.DataLoader:
     """The DCGAN tutorial's dataset and loader, verbatim in substance."""
     import torchvision.datasets as dset
-    import torchvision.transforms as transforms
+    from torchvision import transforms
 
     dataset = dset.ImageFolder(
         root=str(root),
@@ -138,8 +138,8 @@ class TeaPearceDDPM(nn.Module):
                  drop_prob: float = 0.1) -> None:
         super().__init__()
         self.nn_model, self.n_T, self.drop_prob = nn_model, n_T, drop_prob
-        for k, v in dict(sqrtab=sqrtab, sqrtmab=sqrtmab, oneover_sqrta=oneover_sqrta,
-                         mab_over_sqrtmab=mab_over_sqrtmab, sqrt_beta_t=sqrt_beta_t).items():
+        for k, v in {"sqrtab": sqrtab, "sqrtmab": sqrtmab, "oneover_sqrta": oneover_sqrta,
+                     "mab_over_sqrtmab": mab_over_sqrtmab, "sqrt_beta_t": sqrt_beta_t}.items():
             self.register_buffer(k, v.detach().clone())
         self.loss_mse = nn.MSELoss()
 

@@ -46,9 +46,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -237,7 +237,12 @@ class Bench:
         return tr
 
     def run_gan(self, model: str) -> None:
-        from benchmarks.reference import GANState, endless, tutorial_gan_step, tutorial_loader
+        from benchmarks.reference import (
+            GANState,
+            endless,
+            tutorial_gan_step,
+            tutorial_loader,
+        )
         from models.gan import build_gan
 
         sz, dev = self.sz, self.device
@@ -322,7 +327,7 @@ class Bench:
             return sz.samples
 
         def gen_sample() -> int:
-            x, _ = tr.sample(labels, 1.0, seed=1, sampler=sampler)
+            tr.sample(labels, 1.0, seed=1, sampler=sampler)
             return sz.samples
 
         sync(dev)
@@ -605,11 +610,11 @@ def describe(device: torch.device) -> str:
 def commit() -> str:
     try:
         sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+                             timeout=10, check=False).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+                               text=True, timeout=10, check=False).stdout.strip()
         return (sha or "unknown") + (" + uncommitted changes" if dirty else "")
-    except Exception:
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 

@@ -5,7 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 STORAGE=${STORAGE:-runs}
-NAME=${NAME:-quickstart-$(date +%Y%m%d-%H%M%S)}
+if [ -z "${NAME:-}" ]; then  # runs/quickstart, or quickstart-2, -3, ... when it exists
+  NAME=quickstart; i=2
+  while [ -e "$STORAGE/$NAME" ]; do NAME=quickstart-$i; i=$((i + 1)); done
+fi
 gentune sweep search/specs/quickstart.yaml --storage "$STORAGE" --name "$NAME"
 gentune report "$STORAGE/$NAME" --out "$STORAGE/$NAME/report"
 gentune export "$STORAGE/$NAME" --study dann --out "$STORAGE/$NAME/export/dann"

@@ -20,11 +20,11 @@ def test_throughput_quick_prints_ratios(tmp_path, cache_dir):
     p = subprocess.run(
         [sys.executable, "-m", "benchmarks.throughput", "--device", "cpu", "--quick", "--family", "data,dann",
          "--results", str(results)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     for fam in ("data", "dann"):
-        m = re.search(rf"^ratio {fam}: (\d+\.\d+) \(gentune / reference", p.stdout, re.M)
+        m = re.search(rf"^ratio {fam}: (\d+\.\d+) \(gentune / reference", p.stdout, re.MULTILINE)
         assert m, p.stdout
         assert float(m.group(1)) > 0
     assert "| family | workload |" in p.stdout
@@ -89,6 +89,6 @@ def test_cuda_graph_sampler_matches_eager():
                 a, _ = GuidedSampler(m, s, cuda_graph=False).sample(labels, w, generator=torch.Generator(dev).manual_seed(1))
                 b, _ = sampler.sample(labels, w, generator=torch.Generator(dev).manual_seed(1))
                 c, _ = sampler.sample(labels, w, generator=torch.Generator(dev).manual_seed(1))  # replayed graph, again
-            tol = 5e-2 if amp else 1e-3
             assert torch.equal(b, c)
-            assert (a - b).abs().max().item() < tol, (amp, w, (a - b).abs().max().item())
+            rel = ((a - b).abs().max() / a.abs().max().clamp_min(1e-6)).item()
+            assert rel < (2e-2 if amp else 1e-3), (amp, w, rel)

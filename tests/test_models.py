@@ -72,3 +72,18 @@ def test_gan_shapes_and_soft_labels() -> None:
     assert 0.05 < float((real == 0).float().mean()) < 0.15 and torch.equal(real + fake, torch.ones(10000))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert bce(torch.full((4,), 0.5, dtype=torch.bfloat16), torch.ones(4)).dtype == torch.float32
+
+
+def test_bce_equals_bceloss_and_takes_the_reports_soft_labels() -> None:
+    p = torch.rand(64).clamp(0.01, 0.99)
+    t = torch.rand(64)
+    assert torch.allclose(bce(p, t), torch.nn.functional.binary_cross_entropy(p, t), atol=1e-6)
+    hi = torch.full((64,), 1.03)  # seed.yaml's model B real labels reach 1.03
+    assert torch.isfinite(bce(p, hi))
+    g, d = build_gan("B")
+    from trainables.gan import soft_targets as st
+
+    real = st(8, 0.7, 1.03, torch.device("cpu"))
+    loss = bce(d(torch.rand(8, 3, 64, 64) * 2 - 1), real)
+    loss.backward()
+    assert torch.isfinite(loss)

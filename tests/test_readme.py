@@ -57,7 +57,7 @@ def test_every_subcommand_has_help_with_defaults() -> None:
 
 
 def _sub(cmd: str, sweep: Path, tmp: Path) -> list[str]:
-    cmd = cmd.replace("runs/quickstart", str(sweep)).replace("OUT/", f"{tmp}/")
+    cmd = cmd.replace("runs/quickstart", str(sweep)).replace("runs/tour/", f"{tmp}/")
     return shlex.split(cmd)[1:]
 
 

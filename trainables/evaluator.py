@@ -24,6 +24,14 @@ def train_classifier(train: ImageSet, val: ImageSet, device: torch.device, epoch
     torch.manual_seed(seed)
     model = DigitClassifier().to(device)
     tr, va = train.to(device), val.to(device)
+    with torch.enable_grad():  # callers may be inside no_grad (a DDPM evaluation's first use)
+        _fit(model, tr, epochs, g, device)
+    val_acc = accuracy(model, va)
+    torch.set_rng_state(torch_state)
+    return model.eval(), val_acc
+
+
+def _fit(model: DigitClassifier, tr: ImageSet, epochs: int, g: torch.Generator, device: torch.device) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * max(1, len(tr) // 64))
     for _ in range(epochs):
@@ -37,9 +45,6 @@ def train_classifier(train: ImageSet, val: ImageSet, device: torch.device, epoch
             loss.backward()
             opt.step()
             sched.step()
-    val_acc = accuracy(model, va)
-    torch.set_rng_state(torch_state)
-    return model.eval(), val_acc
 
 
 def ensure_evaluator(dc: DataConfig, device: torch.device, cache_dir: str = "", quiet: bool = False) -> tuple[DigitClassifier, float]:
