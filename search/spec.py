@@ -91,7 +91,8 @@ def _check_keys(where: str, d: Any, allowed: tuple[str, ...]) -> dict:
         raise SpecError(f"{where}: expected a mapping, got {type(d).__name__}")
     bad = [k for k in d if k not in allowed]
     if bad:
-        raise SpecError(f"{where}: unknown key {bad[0]!r}; valid keys: {', '.join(allowed)}")
+        shown = [k for k in dict.fromkeys(allowed) if not k.startswith("__")]
+        raise SpecError(f"{where}: unknown key {bad[0]!r}; valid keys: {', '.join(shown)}")
     return d
 
 
@@ -213,7 +214,8 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
             raise SpecError(f"{name}: {val!r} is out of range")
     if smoke:
         trials = min(trials, 2)
-    return Study(str(raw.get("name", family)), family, config, domains, metric, mode, trials, grace, rf, tb, cpu, gpu, conc)
+    name = str(raw.get("name", family)) if index >= 0 else str(family)  # a top-level `name` names the sweep
+    return Study(name, family, config, domains, metric, mode, trials, grace, rf, tb, cpu, gpu, conc)
 
 
 def load_spec(path: str | Path, overrides: list[str] = (), smoke: bool = False) -> Spec:

@@ -217,7 +217,8 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+            # "local": a new instance, never a cluster some earlier `ray start` left running
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=not quiet,
                      logging_level="WARNING", configure_logging=True)
         except ConnectionError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

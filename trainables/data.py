@@ -23,6 +23,7 @@ from trainables.config import DataConfig
 
 CACHE_VERSION = 1
 DIGIT_DOMAINS = ("mnistm", "usps", "svhn")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @dataclass
@@ -67,12 +68,23 @@ def cache_root(cache_dir: str = "") -> Path:
 
 
 def _source_stamp(root: str) -> list:
-    """Cheap identity of a data folder: path, size and mtime of it and its direct children."""
+    """Cheap identity of a data source: every folder (entry count, mtime) and every non-image file
+    (size, mtime) under it, so added/removed images and edited CSV/label files invalidate the cache.
+    An image rewritten in place under the same name is not noticed (its folder's mtime stays)."""
     p = Path(root).expanduser().resolve()
     if not p.exists():
         raise DataError(f"dataset folder {p} does not exist")
-    items = [p, *sorted(p.iterdir())] if p.is_dir() else [p]
-    return [(str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in items]
+    if p.is_file():
+        return [(str(p), p.stat().st_size, p.stat().st_mtime_ns)]
+    out = []
+    for d, dirs, files in os.walk(p):
+        dirs.sort()
+        out.append((d, len(files), os.stat(d).st_mtime_ns))
+        for f in sorted(files):
+            if not f.lower().endswith(IMAGE_SUFFIXES):
+                st = os.stat(os.path.join(d, f))
+                out.append((os.path.join(d, f), st.st_size, st.st_mtime_ns))
+    return out
 
 
 def content_fingerprint(images: torch.Tensor, labels: torch.Tensor | None) -> str:
