@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from analysis.errors import GentuneError
+from analysis.sweepdata import read_sweep_json
 
 # What a trial came to, in the order they are listed.
 OUTCOMES = ("running", "pending", "completed", "early-stopped", "diverged", "error", "killed")
@@ -176,24 +176,6 @@ def _plain(v: Any) -> Any:
         except ValueError:
             return v
     return v
-
-
-def read_sweep_json(root: Path) -> dict[str, Any]:
-    root = Path(root)
-    if not root.exists():
-        raise GentuneError(f"sweep folder {root} does not exist (pass the folder `gentune sweep` printed, e.g. runs/quickstart)")
-    if not root.is_dir():
-        raise GentuneError(f"{root} is not a folder; pass a sweep folder (the one holding sweep.json)")
-    f = root / "sweep.json"
-    if not f.exists():
-        raise GentuneError(f"{root} holds no sweep.json, so it is not a sweep folder (it is written when `gentune sweep` starts)")
-    try:
-        info = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise GentuneError(f"{f}: cannot read it as JSON ({e})") from None
-    if not isinstance(info, dict) or not info.get("studies"):
-        raise GentuneError(f"{f}: expected an object with name, tracking_uri, experiment_id and studies")
-    return info
 
 
 def _last_json_line(path: Path) -> dict | None:

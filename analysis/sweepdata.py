@@ -72,6 +72,26 @@ def better(a: float, b: float, mode: str) -> bool:
     return a < b if mode == "min" else a > b
 
 
+def read_sweep_json(root: Path) -> dict[str, Any]:
+    """sweep.json of a sweep folder, with a one-line error naming what is missing."""
+    root = Path(root)
+    if not root.exists():
+        raise GentuneError(f"sweep folder {root} does not exist (pass the folder `gentune sweep` printed, e.g. runs/quickstart)")
+    if not root.is_dir():
+        raise GentuneError(f"{root} is not a folder; pass a sweep folder (the one holding sweep.json)")
+    f = root / "sweep.json"
+    if not f.exists():
+        raise GentuneError(f"{root} holds no sweep.json, so it is not a sweep folder (it is written when `gentune sweep` starts)")
+    try:
+        info = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise GentuneError(f"{f}: cannot read it as JSON ({e})") from None
+    if not isinstance(info, dict) or not info.get("studies"):
+        raise GentuneError(f"{f}: expected an object with name, tracking_uri, experiment_id and studies")
+    return info
+
+
+
 class Sweep:
     """A finished (or interrupted) sweep folder and its MLflow store."""
 
@@ -79,15 +99,7 @@ class Sweep:
         root = Path(root).expanduser()
         if "://" in str(root):
             raise GentuneError(f"{root}: only local sweep folders can be analysed; copy the sweep folder here first")
-        if not root.is_dir():
-            raise GentuneError(f"sweep folder {root} does not exist")
-        info_path = root / "sweep.json"
-        if not info_path.is_file():
-            raise GentuneError(f"{root} is not a sweep folder: it has no sweep.json (made by `gentune sweep`)")
-        try:
-            self.info: dict[str, Any] = json.loads(info_path.read_text())
-        except ValueError as e:
-            raise GentuneError(f"{info_path} is not valid JSON: {e}") from None
+        self.info: dict[str, Any] = read_sweep_json(root)
         self.root = root.resolve()
         self.name: str = self.info.get("name", root.name)
         self.tracking_uri = tracking_uri or self._default_uri()

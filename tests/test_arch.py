@@ -7,7 +7,6 @@ sequence of leaf layers with their arguments, which must match exactly, in order
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

@@ -61,6 +61,7 @@ def _sub(cmd: str, sweep: Path, tmp: Path) -> list[str]:
     return shlex.split(cmd)[1:]
 
 
+@pytest.mark.slow
 def test_readme_tour_commands_run(smoke_sweep, tmp_path) -> None:
     cmds = tour_commands()
     assert len(cmds) >= 8, cmds

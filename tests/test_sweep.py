@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, SPECS, gentune
+from tests.conftest import REPO, gentune
 
 pytestmark = pytest.mark.ray
 
@@ -93,6 +93,7 @@ def test_bad_spec_fails_before_any_trial(tmp_path) -> None:
         assert not (tmp_path / "s" / "small").exists()
 
 
+@pytest.mark.slow
 def test_sigint_then_resume_finishes_the_planned_set(tmp_path, cache_dir) -> None:
     spec = tmp_path / "small.yaml"
     spec.write_text(SMALL)

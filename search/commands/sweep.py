@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
