@@ -349,10 +349,10 @@ def node_loss(workdir: Path, epochs: int = 6, timeout_s: float = 420) -> Outcome
     if "RAY_TMPDIR" not in os.environ:  # Cluster() writes Ray's "latest cluster" file there
         os.environ["RAY_TMPDIR"] = str(short_tmp("gtf"))
     env = dict(os.environ)
-    name = "nodeloss"  # a single-study spec: the study is named like the sweep
+    name = "nodeloss"  # a single-study spec: the study is named after its family
     spec = dann_spec(workdir / "spec.yaml", name, trials=2, epochs=epochs, concurrency=2, gpu=1)
     storage = workdir / "shared-storage"  # the one storage_path all nodes see (S3 on a real cluster)
-    study_dir = storage / name / name
+    study_dir = storage / name / "dann"
     with MlflowServer(workdir / "mlflow", env) as server:
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
         driver = None
@@ -425,10 +425,10 @@ def driver_loss(workdir: Path, trials: int = 3, epochs: int = 4, timeout_s: floa
     """SIGKILL the sweep driver (its session: Ray included) after a trial finished; `--resume` completes the sweep."""
     t0 = time.monotonic()
     o = Outcome("driver-loss", planned=trials)
-    name = "driverloss"  # a single-study spec: the study is named like the sweep
+    name = "driverloss"  # a single-study spec: the study is named after its family
     spec = dann_spec(workdir / "spec.yaml", name, trials=trials, epochs=epochs, concurrency=2, gpu=0)
     storage = workdir / "sweeps"
-    root, study_dir = storage / name, storage / name / name
+    root, study_dir = storage / name, storage / name / "dann"
     args = ("sweep", str(spec), "--storage", str(storage), "--quiet")
 
     tmp1 = short_tmp("gtk")
