@@ -137,13 +137,15 @@ def test_debug_shows_traceback(tmp_path) -> None:
 @pytest.mark.slow
 def test_dann_beats_source_only_on_demo_data(tmp_path, cache_dir) -> None:
     """150 steps on the demo digits (MNIST-M-like -> USPS-like): adaptation helps the target.
-    With the paper's lambda ramp; a fixed lambda 0.3 from step 0 stalls the classifier this early."""
+    With the paper's lambda ramp to 0.1 (measured, 1 thread, seeds 0/1: 0.631/0.656 vs source-only
+    0.225/0.397); a fixed lambda 0.3 from step 0 stalls the classifier this early, and a ramp to 1.0
+    fails (0.114/0.086)."""
     acc = {}
     for mode in ("source-only", "dann"):
         out = tmp_path / mode
         gentune("train", str(SPECS / "dann.yaml"), "--smoke", "--quiet", "--out", str(out), "--set", f"mode={mode}",
                 "--set", "epochs=3", "--set", "steps_per_epoch=50", "--set", "batch_size=64", "--set", "eval_every=3",
-                "--set", "lambda_schedule=ramp",
+                "--set", "lambda_schedule=ramp", "--set", "lamb=0.1",
                 "--set", "device=cpu", timeout=1500)
         acc[mode] = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["target_acc"]
     assert acc["dann"] > acc["source-only"] + 0.02, acc
