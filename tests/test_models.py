@@ -80,6 +80,10 @@ def test_bce_equals_bceloss_and_takes_the_reports_soft_labels() -> None:
     assert torch.allclose(bce(p, t), torch.nn.functional.binary_cross_entropy(p, t), atol=1e-6)
     hi = torch.full((64,), 1.03)  # seed.yaml's model B real labels reach 1.03
     assert torch.isfinite(bce(p, hi))
+    sat = torch.tensor([0.0, 1.0], requires_grad=True)  # a saturated discriminator
+    loss = bce(sat, torch.tensor([0.0, 1.0]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(sat.grad).all()
     g, d = build_gan("B")
     from trainables.gan import soft_targets as st
 

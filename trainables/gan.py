@@ -28,9 +28,11 @@ def flip(real_t: torch.Tensor, fake_t: torch.Tensor, p: float) -> tuple[torch.Te
 def bce(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE in float32 (BCELoss is unsafe under autocast), written out so that soft targets above 1
     (the report's real labels 0.7-1.03) work: F.binary_cross_entropy refuses targets outside [0, 1].
-    Logs are clamped at -100 as BCELoss does; for targets in [0, 1] it equals BCELoss."""
+    Probabilities are clamped before the log (not the log after it: the gradient of log at 0 would be
+    0 * inf = NaN), so a saturated D gives a finite loss and gradient, as in BCELoss."""
     p, t = p.float(), target.float()
-    return -(t * torch.log(p).clamp(min=-100) + (1 - t) * torch.log1p(-p).clamp(min=-100)).mean()
+    tiny = torch.finfo(torch.float32).tiny
+    return -(t * torch.log(p.clamp_min(tiny)) + (1 - t) * torch.log((1 - p).clamp_min(tiny))).mean()
 
 
 def diversity(x: torch.Tensor, n: int = 128) -> torch.Tensor:
