@@ -178,6 +178,17 @@ class Report:
         cfg, mods = E.models_from_checkpoint(ckpt, str(self.sweep.checkpoint_path(trial)), self.device)
         return ckpt, cfg, mods
 
+    def models_or_note(self, trial: Trial, section):
+        """models_for(trial), or None with a note in `section` when the checkpoint is unreadable
+        (an error instead when the user named the trial with --trial)."""
+        try:
+            return self.models_for(trial)
+        except CheckpointError as e:
+            if self.named is not None:
+                raise
+            section.note(f"{self.trial_label(trial)} is skipped: {e}")
+            return None
+
     def trial_label(self, t: Trial) -> str:
         return f"trial {t.trial_id} (study {t.study})"
 
@@ -222,13 +233,10 @@ class Report:
             return s
         panels, rows = [], []
         for t in chosen:
-            try:
-                ckpt, cfg, mods = self.models_for(t)
-            except CheckpointError as e:
-                if self.named is not None:
-                    raise
-                s.note(f"{self.trial_label(t)} is skipped: {e}")
+            loaded = self.models_or_note(t, s)
+            if loaded is None:
                 continue
+            ckpt, cfg, mods = loaded
             self.log(f"GAN model {cfg.model}: 32 images of {self.trial_label(t)}")
             x, _, _ = E.generate_images("gan", cfg, mods, n=32, seed=self.seed, device=self.device)
             fr, fid = t.value("face_rate"), t.value("fid")
@@ -273,13 +281,10 @@ class Report:
         for t in chosen:
             s = Section(f"Conditional DDPM: trial {t.trial_id}", studies={t.study})
             out.append(s)
-            try:
-                ckpt, cfg, mods = self.models_for(t)
-            except CheckpointError as e:
-                if self.named is not None:
-                    raise
-                s.note(f"{self.trial_label(t)} is skipped: {e}")
+            loaded = self.models_or_note(t, s)
+            if loaded is None:
                 continue
+            ckpt, cfg, mods = loaded
             w = E.default_guidance(cfg, t.metrics)
             steps = [round(k * cfg.T / 500) for k in REVERSE_STEPS]
             self.log(f"DDPM: 10x10 grid of {self.trial_label(t)} (T={cfg.T}, w={w:g}) on {self.device} ...")
