@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from analysis.sweepdata import read_sweep_json
+from analysis.sweepdata import read_sweep_json, tracking_uri_of
 
 # What a trial came to, in the order they are listed.
 OUTCOMES = ("running", "pending", "completed", "early-stopped", "diverged", "error", "killed")
@@ -114,12 +114,17 @@ class SweepStatus:
     studies: list[StudyStatus]
     now: float
     notes: list[str] = field(default_factory=list)  # sources that could not be read, and why
+    driver_state: str = ""  # sweep.json's "state": running / finished / interrupted / failed
+    driver_alive: bool | None = None  # a `gentune sweep` holds the folder's lock (None: unknown)
+    waiting: str = ""  # the driver's note on trials waiting for resources (waiting.json)
 
     @property
     def state(self) -> str:
         states = {s.state for s in self.studies}
+        if self.driver_state == "interrupted" or (self.driver_alive is False and self.driver_state == "running"):
+            return "interrupted"  # stopped by Ctrl-C, or the driver died: `--resume` continues it
         if states == {"finished"}:
-            return "finished"
+            return "failed" if self.driver_state == "failed" else "finished"
         if states == {"not started"}:
             return "not started"
         return "running"
@@ -373,13 +378,40 @@ def fill_from_history(uri: str, st: StudyStatus) -> None:
         return
 
 
+def driver_alive(root: Path) -> bool | None:
+    """Whether a `gentune sweep` holds the folder's lock; tested with a shared, non-blocking flock on the
+    existing lock file (nothing is created or written)."""
+    import fcntl
+
+    path = root / ".gentune.lock"
+    if not path.is_file():
+        return None
+    try:
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return None
+
+
+def _waiting(root: Path) -> str:
+    try:
+        return str(json.loads((root / "waiting.json").read_text()).get("message") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: dict[str, int] | None = None,
                 now: float | None = None) -> SweepStatus:
     """Everything `gentune status` shows, read without writing anything."""
     root = Path(root).expanduser()
     info = read_sweep_json(root)
     now = time.time() if now is None else now
-    uri = tracking_uri or info.get("tracking_uri") or ""
+    uri = tracking_uri or (tracking_uri_of(root, info) if info.get("tracking_uri") or info.get("local_store") else "")
     exp_id = str(info.get("experiment_id") or "")
     notes: list[str] = []
     runs: list = []
@@ -415,7 +447,9 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
             st.state = "finished" if st.trials and not live and enough and not runs else "running"
         studies.append(st)
     out = SweepStatus(root=root, name=str(info.get("name") or root.name), tracking_uri=uri, experiment_id=exp_id,
-                      started=_num(info.get("started")), studies=studies, now=now, notes=notes)
+                      started=_num(info.get("started")), studies=studies, now=now, notes=notes,
+                      driver_state=str(info.get("state") or ""), driver_alive=driver_alive(root),
+                      waiting=_waiting(root) if driver_alive(root) else "")
     # Files written while we read may be a moment newer than `now`: never show a negative age.
     out.now = max(now, out.last_activity or now)
     return out
@@ -452,9 +486,14 @@ def format_status(s: SweepStatus, *, trials: bool = True) -> str:
     else:
         ago = None if s.last_activity is None else s.now - s.last_activity
         lines.append(f"time used: {fmt_duration(used)} so far  ({when}, last activity {fmt_duration(ago)} ago)")
-        if s.state == "running" and ago is not None and ago > 1800:
+        if s.state == "running" and s.driver_alive is None and ago is not None and ago > 1800:
             lines.append("  nothing new for over 30 minutes: a long epoch, or the sweep was interrupted "
                          "(continue it with `gentune sweep SPEC --resume --name NAME`)")
+    if s.state == "interrupted":
+        lines.append("  the sweep was interrupted: continue it with `gentune sweep SPEC --resume --name NAME` "
+                     "(the same spec and --set values)")
+    if s.waiting:
+        lines.append(f"  waiting: {s.waiting}")
     lines.append(f"MLflow: {s.tracking_uri or '-'}  experiment {s.experiment_id or '-'}")
     for st in s.studies:
         c = st.counts()

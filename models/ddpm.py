@@ -108,21 +108,48 @@ class DDPM(nn.Module):
         return self.nn_model(x, c, t, drop)
 
 
-class NoiseSchedule:
-    """Linear betas over T steps (DDPM), indexable by integer t in 0..T."""
+SCHEDULES = ("scaled", "linear", "cosine")
+SCALED_REFERENCE_T = 1000  # "scaled": the linear betas are those of a T = 1000 chain, times 1000 / T
 
-    def __init__(self, T: int = 500, beta1: float = 1e-4, beta2: float = 0.02, device: torch.device | str = "cpu") -> None:
-        if not 0 < beta1 < beta2 < 1:
-            raise ValueError(f"need 0 < beta1 < beta2 < 1, got {beta1}, {beta2}")
-        self.T = T
-        beta_t = (beta2 - beta1) * torch.arange(0, T + 1, dtype=torch.float64) / T + beta1  # (T+1,)
+
+class NoiseSchedule:
+    """Forward-process schedule over T steps, indexable by integer t in 0..T.
+
+    kind "linear": betas linear from beta_start to beta_end whatever T is (the report's, exact at its
+    T = 500; at small T the chain never reaches noise: sqrt(abar_T) = 0.81 at T = 40).
+    kind "scaled": the same ends times 1000 / T (as DDPM code bases do when they change T), so every T
+    ends near pure noise; needs beta_end * 1000 / T < 1.
+    kind "cosine": Nichol & Dhariwal's abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), betas clipped at 0.999
+    (beta_start/beta_end unused). `signal_at_T` = sqrt(abar_T), the share of the image left at t = T.
+    """
+
+    def __init__(self, T: int = 500, beta_start: float = 1e-4, beta_end: float = 0.02, kind: str = "linear",
+                 device: torch.device | str = "cpu") -> None:
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}; expected one of {', '.join(SCHEDULES)}")
+        if kind != "cosine" and not 0 < beta_start < beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
+        self.T, self.kind = T, kind
+        steps = torch.arange(0, T + 1, dtype=torch.float64)
+        if kind == "cosine":
+            f = torch.cos((steps / T + 0.008) / 1.008 * torch.pi / 2) ** 2
+            beta_t = torch.zeros(T + 1, dtype=torch.float64)
+            beta_t[1:] = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        else:
+            if kind == "scaled":
+                beta_start, beta_end = (b * SCALED_REFERENCE_T / T for b in (beta_start, beta_end))
+                if beta_end >= 1:
+                    raise ValueError(f"scaled schedule: beta_end * {SCALED_REFERENCE_T} / T = {beta_end:g} >= 1 at T = {T}")
+            beta_t = (beta_end - beta_start) * steps / T + beta_start  # (T+1,), the reference's formula
         alpha_t = 1 - beta_t
         abar = torch.cumsum(torch.log(alpha_t), 0).exp()
         f = lambda v: v.to(device=device, dtype=torch.float32)  # noqa: E731
         self.beta_t, self.sqrt_beta_t = f(beta_t), f(beta_t.sqrt())
         self.oneover_sqrta = f(1 / alpha_t.sqrt())
         self.sqrtab, self.sqrtmab = f(abar.sqrt()), f((1 - abar).sqrt())
-        self.mab_over_sqrtmab = f((1 - alpha_t) / (1 - abar).sqrt())
+        # t = 0 is never a sampling step; cosine's beta_0 = 0 would make it 0 / 0
+        self.mab_over_sqrtmab = f(torch.nan_to_num((1 - alpha_t) / (1 - abar).sqrt(), nan=0.0))
+        self.signal_at_T = float(abar[T].sqrt())
 
     def noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pair: (x_t, eps, t) with t uniform in 1..T."""

@@ -8,7 +8,7 @@ import sys
 from analysis.errors import GentuneError
 
 # Modules under search/commands, each with register(subparsers).
-COMMAND_MODULES = ("core", "sweep", "metrics", "analysis", "ui")
+COMMAND_MODULES = ("core", "sweep", "metrics", "analysis", "ui", "summary")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,22 +15,39 @@ from typing import Any
 import yaml
 
 from analysis.errors import SpecError
-from trainables.config import DataConfig, config_class, flat_keys, from_flat
+from trainables.config import DataConfig, config_class, flat_keys, from_flat, to_flat
 
 DOMAIN_KINDS = ("loguniform", "uniform", "int", "choice")
-STUDY_KEYS = ("name", "family", "config", "search", "metric", "mode", "budget", "resources", "concurrency", "smoke")
+STUDY_KEYS = ("name", "family", "config", "search", "start_from", "metric", "mode", "budget", "resources", "concurrency", "smoke")
 SWEEP_KEYS = ("name", "seed", "storage", "tracking_uri", "experiment", "studies", "max_failures")
 BUDGET_KEYS = ("trials", "grace_period", "reduction_factor", "time_budget_s")
 RESOURCE_KEYS = ("cpu", "gpu")
 
-# --smoke: any spec shrunk to a run of under a minute per trial on 2 CPU cores with the demo data
+# --smoke: any spec shrunk in sizes only (epochs, steps, batch, evaluation sizes, T, width) to a run of
+# under a minute per trial on 2 CPU cores with the demo data. eval_every, the search space of every
+# other key, metrics and studies stay as written; a searched size is fixed to its smoke value.
 SMOKE_CONFIG: dict[str, dict[str, Any]] = {
-    "gan": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "n_eval": 32, "fid": "off", "eval_every": 1},
-    "ddpm": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 32, "n_feat": 32, "T": 20, "n_per_digit": 2, "eval_every": 1},
-    "dann": {"epochs": 2, "steps_per_epoch": 4, "batch_size": 32, "eval_every": 1},
+    "gan": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "n_eval": 32},
+    "ddpm": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 32, "n_feat": 32, "T": 25, "n_per_digit": 2},
+    "dann": {"epochs": 2, "steps_per_epoch": 4, "batch_size": 32},
 }
 SMOKE_DATA = {"gan": ("data",), "ddpm": ("data",), "dann": ("source", "target")}
-DEFAULT_METRIC = {"gan": ("face_rate", "max"), "ddpm": ("acc", "max"), "dann": ("target_acc", "max")}
+# metric "auto" (the GAN default): FID where the Inception weights are found, else face_score
+# (face rate times diversity, capped at 1), which a collapsed generator cannot win with faces alone
+DEFAULT_METRIC = {"gan": ("auto", "max"), "ddpm": ("acc", "max"), "dann": ("target_acc", "max")}
+METRICS = {  # what each family reports at evaluation epochs, and the direction that is better
+    "gan": {"fid": "min", "face_score": "max", "face_rate": "max", "diversity": "max"},
+    "ddpm": {"acc": "max"},
+    "dann": {"target_acc": "max", "source_acc": "max", "domain_acc": "min"},
+}
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def plain_name(where: str, name: Any) -> str:
+    """Sweep and study names become folder names and MLflow tags: letters, digits, '-', '_', '.' only."""
+    if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or name in (".", ".."):
+        raise SpecError(f"{where}: {name!r} is not a plain name; use letters, digits, '-', '_' and '.' only")
+    return name
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,9 @@ class Study:
     cpu: float
     gpu: float
     concurrency: int
+    auto_metric: bool = False  # metric: auto was resolved (to fid or face_score)
+    start_from: tuple[dict[str, Any], ...] = ()  # searched values of the first trials (the report's settings)
+    notes: tuple[str, ...] = ()  # what parsing changed, printed when the sweep starts  # metric: auto was resolved (to fid or face_score)
 
     @property
     def epochs(self) -> int:
@@ -108,6 +128,13 @@ def _num(where: str, v: Any) -> float:
     return x
 
 
+def _int(where: str, v: Any) -> int:
+    x = _num(where, v)
+    if not float(x).is_integer():
+        raise SpecError(f"{where}: expected an integer, got {v!r}")
+    return int(x)
+
+
 def parse_domain(key: str, d: Any, valid: list[str]) -> Domain:
     where = f"search.{key}"
     if key not in valid:
@@ -148,6 +175,37 @@ def _check_value(family: str, key: str, value: Any, base: dict[str, Any]) -> Non
         raise SpecError(f"search.{key}: {e}") from None
 
 
+def parse_start_from(raw: Any, domains: tuple[Domain, ...], family: str, config: dict) -> tuple[dict, ...]:
+    """`start_from:` a list of {searched key: value}, tried first (Optuna's enqueued trials)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
+        raise SpecError("start_from: expected a list of mappings {searched key: value}")
+    by_key = {d.key: d for d in domains}
+    out = []
+    for i, point in enumerate(raw):
+        for k, v in point.items():
+            where = f"start_from[{i}].{k}"
+            d = by_key.get(k)
+            if d is None:
+                raise SpecError(f"{where}: {k!r} is not searched in this study; searched keys: {', '.join(by_key) or 'none'}")
+            if d.kind == "choice":
+                if v not in d.args:
+                    raise SpecError(f"{where}: {v!r} is not one of the choices {list(d.args)}")
+            else:
+                x = _num(where, v)
+                if not d.args[0] <= x <= d.args[1] or (d.kind == "int" and not float(x).is_integer()):
+                    raise SpecError(f"{where}: {v!r} is outside the searched range {list(d.args)}")
+                v = int(x) if d.kind == "int" else x
+            point = {**point, k: v}
+        try:
+            from_flat(config_class(family), {**config, **point})
+        except SpecError as e:
+            raise SpecError(f"start_from[{i}]: {e}") from None
+        out.append(dict(point))
+    return tuple(out)
+
+
 def _check_data(family: str, cfg) -> None:
     for part in SMOKE_DATA[family]:
         dc: DataConfig = getattr(cfg, part)
@@ -170,41 +228,74 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
         if k not in valid:
             raise SpecError(f"config.{k}: unknown config key; valid keys: {', '.join(valid)}")
     if smoke:
-        config.update(SMOKE_CONFIG[family])
+        small = dict(SMOKE_CONFIG[family])
+        if config.get("schedule") == "linear":  # the report's linear betas need their T to reach noise: T stays
+            small.pop("T", None)
+        config.update(small)
         for part in SMOKE_DATA[family]:
             for k in [k for k in config if k.startswith(part + ".")]:
                 del config[k]
         config.update(_flatten(raw.get("smoke") or {}))
+    set_keys = set(raw.get("__set__") or {})
     for k, v in (raw.get("__set__") or {}).items():
         if k not in valid:
             raise SpecError(f"--set {k}: unknown config key; valid keys: {', '.join(valid)}")
         config[k] = v
     cfg = from_flat(cls, config)  # types and ranges of the fixed values
+    parsed = to_flat(cfg)
+    config = {k: parsed[k] for k in config}  # as parsed: `fid: off` (YAML's False) is "off", "1e-4" a float
     _check_data(family, cfg)
     search_raw = raw.get("search") or {}
     if not isinstance(search_raw, dict):
         raise SpecError("search: expected a mapping of config key: domain")
+    if smoke:  # a searched size is fixed to its smoke value; every other domain stays as written
+        search_raw = {k: v for k, v in search_raw.items() if k not in SMOKE_CONFIG[family] or k in set_keys}
     domains = tuple(parse_domain(k, v, valid) for k, v in search_raw.items())
-    for d in domains:
-        for wk, _ in d.when:
-            if wk not in valid:
-                raise SpecError(f"search.{d.key}.when: {wk!r} is not a config key")
+    for i, d in enumerate(domains):
+        earlier = {e.key: e for e in domains[:i]}
+        for wk, wv in d.when:
+            if wk in earlier:
+                if earlier[wk].kind == "choice" and wv not in earlier[wk].args:
+                    raise SpecError(f"search.{d.key}.when: {wk} is searched over {list(earlier[wk].args)}, never {wv!r}, "
+                                    f"so {d.key} would never be sampled")
+            elif any(e.key == wk for e in domains[i:]):
+                raise SpecError(f"search.{d.key}.when: {wk!r} is searched after {d.key}; list {wk} first")
+            elif wk not in valid:
+                raise SpecError(f"search.{d.key}.when: {wk!r} is not a config key; valid keys: {', '.join(valid)}")
+            else:
+                fixed = to_flat(cfg)[wk]
+                if fixed != wv:
+                    raise SpecError(f"search.{d.key}.when: {wk} is fixed to {fixed!r}, never {wv!r}, "
+                                    f"so {d.key} would never be sampled")
         ends = d.args if d.kind != "int" else (d.args[0], d.args[1])
         for v in ends:
             _check_value(family, d.key, v, config)
+    starts_raw = raw.get("start_from")
+    if smoke and isinstance(starts_raw, list):  # sizes fixed by --smoke are no longer searched
+        starts_raw = [{k: v for k, v in p.items() if k in search_raw} if isinstance(p, dict) else p for p in starts_raw]
+    starts = parse_start_from(starts_raw, domains, family, config)
     metric, mode = DEFAULT_METRIC[family]
     metric = str(raw.get("metric", metric))
-    mode = str(raw.get("mode", mode))
+    known = METRICS[family]
+    if metric != "auto" and metric not in known and not (family == "ddpm" and metric.startswith("acc_w")):
+        raise SpecError(f"metric: {family} trials do not report {metric!r}; expected one of {', '.join(['auto', *known] if family == 'gan' else known)}")
+    notes: list[str] = []
+    auto = metric == "auto"
+    if auto:  # FID where its weights are found (the report's measure), else face_score
+        from trainables.fid import fid_weights_for
+
+        metric = "fid" if fid_weights_for(cfg) else "face_score"
+    mode = str(raw.get("mode", known.get(metric, mode))) if not auto else known[metric]
     if mode not in ("min", "max"):
         raise SpecError(f"mode: expected 'min' or 'max', got {mode!r}")
     budget = _check_keys("budget", raw.get("budget"), BUDGET_KEYS)
     res = _check_keys("resources", raw.get("resources") or defaults.get("resources"), RESOURCE_KEYS)
-    trials = int(_num("budget.trials", budget.get("trials", 1 if not domains else 8)))
-    conc = int(_num("concurrency", raw.get("concurrency", defaults.get("concurrency", 2))))
+    trials = _int("budget.trials", budget.get("trials", 1 if not domains else 8))
+    conc = _int("concurrency", raw.get("concurrency", defaults.get("concurrency", 2)))
     gpu = _num("resources.gpu", res.get("gpu", 0))
     cpu = _num("resources.cpu", res.get("cpu", 1))
-    grace = int(_num("budget.grace_period", budget.get("grace_period", 1)))
-    rf = int(_num("budget.reduction_factor", budget.get("reduction_factor", 3)))
+    grace = _int("budget.grace_period", budget.get("grace_period", cfg.eval_every))  # default: the first evaluation
+    rf = _int("budget.reduction_factor", budget.get("reduction_factor", 3))
     tb = _num("budget.time_budget_s", budget.get("time_budget_s", 0))
     for name, val, ok in (("budget.trials", trials, trials >= 1), ("concurrency", conc, conc >= 1),
                           ("resources.cpu", cpu, cpu > 0), ("resources.gpu", gpu, gpu >= 0),
@@ -212,26 +303,109 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
                           ("budget.time_budget_s", tb, tb >= 0)):
         if not ok:
             raise SpecError(f"{name}: {val!r} is out of range")
+    if "eval_every" in {d.key for d in domains} or "epochs" in {d.key for d in domains}:
+        raise SpecError("search: epochs and eval_every cannot be searched (ASHA's rungs are epochs that were evaluated)")
+    if grace < cfg.epochs and grace % cfg.eval_every:
+        # ASHA judges trials at its rungs (grace * rf^k epochs): they must be evaluated epochs
+        rounded = -(-grace // cfg.eval_every) * cfg.eval_every
+        if rounded >= cfg.epochs:
+            raise SpecError(f"budget.grace_period: {grace} with eval_every {cfg.eval_every} and epochs {cfg.epochs}: the first "
+                            "evaluation after it is the last epoch, so ASHA could never stop a trial early; "
+                            f"use a grace period that is a multiple of eval_every below {cfg.epochs}")
+        notes.append(f"budget.grace_period {grace} rounded up to {rounded}, the first evaluated epoch (eval_every {cfg.eval_every})")
+        grace = rounded
+    if smoke:
+        gpu = gpu if _cuda_here() else 0.0
     if smoke:
         trials = min(trials, 2)
-    name = str(raw.get("name", family)) if index >= 0 else str(family)  # a top-level `name` names the sweep
-    return Study(name, family, config, domains, metric, mode, trials, grace, rf, tb, cpu, gpu, conc)
+    name = plain_name(f"studies[{index}].name", raw.get("name", family)) if index >= 0 else str(family)  # a top-level `name` names the sweep
+    if len(starts) > trials:
+        raise SpecError(f"start_from: {len(starts)} configurations but budget.trials is {trials}")
+    return Study(name, family, config, domains, metric, mode, trials, grace, rf, tb, cpu, gpu, conc, auto, starts, tuple(notes))
+
+
+def _cuda_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping (YAML would keep the last, silently)."""
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise SpecError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one mapping")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (a sweep spec is YAML text)") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+PATH_KEYS = ("root", "cache_dir", "fid_weights")  # config keys (or their last part) that name files or folders
+
+
+def resolve_paths(raw: dict, base: Path) -> dict:
+    """Relative paths in a spec mean what they mean next to the spec file (Ray runs trials in other folders)."""
+    def fix(d: Any) -> None:
+        if isinstance(d, dict):
+            for k, v in d.items():
+                if k in PATH_KEYS and isinstance(v, str) and v and "://" not in v:
+                    p = Path(v).expanduser()
+                    d[k] = str(p if p.is_absolute() else (base / p).resolve())
+                else:
+                    fix(v)
+        elif isinstance(d, list):
+            for x in d:
+                fix(x)
+
+    for part in [raw, *(raw.get("studies") or [])] if isinstance(raw.get("studies"), list) else [raw]:
+        if isinstance(part, dict):
+            fix(part.get("config"))
+            fix(part.get("smoke"))
+    return raw
 
 
 def load_spec(path: str | Path, overrides: list[str] = (), smoke: bool = False) -> Spec:
-    """Read and validate a spec file; `overrides` are `key=value` strings applied to config (or top-level keys)."""
+    """Read and validate a spec file; `overrides` are `key=value` strings applied to config (or top-level keys).
+    Relative paths in the file are taken relative to the file's folder, those in `overrides` to the
+    current directory."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"spec file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise SpecError(f"spec file {path} does not exist" if not path.exists() else f"spec {path} is not a file")
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
-    raw = copy.deepcopy(raw)
+    raw = resolve_paths(copy.deepcopy(raw), path.resolve().parent)
     raw.setdefault("name", path.stem)
     return parse_spec(raw, overrides, smoke)
+
+
+def _family_keys(st: dict) -> list[str]:
+    try:
+        return flat_keys(config_class(str(st.get("family"))))
+    except SpecError:
+        return []
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -239,16 +413,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise SpecError(f"--set {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        val = yaml.safe_load(value)
+        try:
+            val = yaml.load(value, Loader=_StrictLoader) if value.strip() else ""  # noqa: S506
+        except (yaml.YAMLError, SpecError):
+            val = value  # not YAML: the plain string
+        if key.rsplit(".", 1)[-1] in PATH_KEYS and isinstance(val, str) and val and "://" not in val:
+            val = str(Path(val).expanduser().resolve())
         if key in SWEEP_KEYS and key != "studies":
             raw[key] = val
             continue
-        targets = raw["studies"] if "studies" in raw else [raw]
+        targets = raw["studies"] if isinstance(raw.get("studies"), list) else [raw]
+        targets = [st for st in targets if isinstance(st, dict)]
+        config_of = [st for st in targets if key in _family_keys(st)]
+        if len(targets) > 1 and config_of:  # a multi-study spec: the studies whose family has the key
+            targets = config_of
         for st in targets:
-            try:  # a key of the family's config wins (DANN's config has its own `mode`)
-                is_config = key in flat_keys(config_class(str(st.get("family"))))
-            except SpecError:
-                is_config = False
+            is_config = st in config_of  # a key of the family's config wins (DANN's config has its own `mode`)
             if not is_config and (key in ("metric", "mode", "concurrency") or key.startswith(("budget.", "resources."))):
                 head, _, tail = key.partition(".")
                 if tail:
@@ -274,10 +454,12 @@ def parse_spec(raw: dict, overrides: list[str] = (), smoke: bool = False) -> Spe
     names = [s.name for s in studies]
     if len(set(names)) != len(names):
         raise SpecError(f"studies: names must be unique, got {names}")
-    seed = int(_num("seed", raw.get("seed", 0)))
-    mf = int(_num("max_failures", raw.get("max_failures", 2)))
+    seed = _int("seed", raw.get("seed", 0))
+    mf = _int("max_failures", raw.get("max_failures", 2))
+    if mf < 0:
+        raise SpecError(f"max_failures: {mf} is out of range; expected retries per trial >= 0")
     return Spec(
-        name=str(raw.get("name", "sweep")), seed=seed, storage=str(raw.get("storage", "runs")),
+        name=plain_name("name", raw.get("name", "sweep")), seed=seed, storage=str(raw.get("storage", "runs")),
         tracking_uri=str(raw.get("tracking_uri", "") or ""), experiment=str(raw.get("experiment", "") or ""),
         max_failures=mf, studies=studies, source=raw,
     )

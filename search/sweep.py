@@ -48,16 +48,44 @@ def run_trial(config: dict[str, Any], family: str) -> None:
     fit(family, config, sink, resume=resume, quiet=True)
 
 
+def evaluated_optuna_search(**kwargs):
+    """Ray's OptunaSearch, given only results that hold the ranking metric.
+
+    Trials report every epoch (each report carries the epoch's checkpoint, so a trial resumes from
+    its last epoch and MLflow gets every loss), but the metric only at evaluation epochs
+    (`eval_every`). Ray's OptunaSearch reads result[metric] from every result and ends the sweep with
+    a KeyError on the others; ASHA already skips them, and its rungs are evaluation epochs (the spec
+    rounds the grace period up to a multiple of eval_every). A diverged trial is told to Optuna
+    as FAIL, not as pruned, so TPE does not treat it as a merely slow configuration.
+    """
+    from ray.tune.search.optuna import OptunaSearch
+
+    from trainables.loop import is_failure
+
+    class EvaluatedOptunaSearch(OptunaSearch):
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if result and is_failure(result.get("stop_reason")):
+                result, error = None, True
+            super().on_trial_complete(trial_id, result, error)
+
+    return EvaluatedOptunaSearch(**kwargs)
+
+
 class DefineByRun:
     """Optuna define-by-run space: conditional keys are only suggested when their `when` holds."""
 
-    def __init__(self, domains: tuple[Domain, ...], fixed: dict[str, Any]) -> None:
-        self.domains, self.fixed = domains, fixed
+    def __init__(self, domains: tuple[Domain, ...], fixed: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+        # `when` reads a key searched earlier, else its fixed value, else the family's default
+        self.domains, self.fixed, self.lookup = domains, fixed, {**(defaults or {}), **fixed}
 
     def __call__(self, trial) -> dict[str, Any]:
         chosen: dict[str, Any] = {}
         for d in self.domains:
-            if not all(chosen.get(k, self.fixed.get(k)) == v for k, v in d.when):
+            if not all(chosen.get(k, self.lookup.get(k)) == v for k, v in d.when):
                 continue
             if d.kind == "loguniform":
                 chosen[d.key] = trial.suggest_float(d.key, *d.args, log=True)
@@ -68,6 +96,12 @@ class DefineByRun:
             else:
                 chosen[d.key] = trial.suggest_categorical(d.key, list(d.args))
         return {**self.fixed, **chosen}
+
+
+def full_config(st: Study) -> dict[str, Any]:
+    from trainables.config import config_class, from_flat, to_flat
+
+    return to_flat(from_flat(config_class(st.family), st.config))
 
 
 def sweep_dir(spec: Spec, storage: str | None, name: str | None) -> str:
@@ -116,8 +150,6 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
     from search.tracking import MlflowTrials, client, find_run
 
     parent = find_run(uri, exp_id, sweep=spec.name, study=st.name, kind="study")
@@ -133,7 +165,8 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
     pid = parent.info.run_id
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, family=st.family), {"cpu": st.cpu, "gpu": st.gpu})
-    callbacks = [MlflowTrials(uri, exp_id, pid, spec.name, st.name, st.family, st.epochs)]
+    callbacks = [MlflowTrials(uri, exp_id, pid, spec.name, st.name, st.family, st.epochs),
+                 pending_watch(st.name, root if "://" not in root else None)]
     path = f"{root}/{st.name}"
     if resume and tune.Tuner.can_restore(path):
         print(f"gentune sweep: resuming study {st.name} from {path}", file=sys.stderr)
@@ -142,8 +175,11 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
         scheduler = ASHAScheduler(time_attr="epoch", max_t=st.epochs, grace_period=min(st.grace_period, st.epochs),
                                   reduction_factor=st.reduction_factor)
         if st.search:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study it makes
             sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(2, min(10, st.trials // 2)))
-            search = ConcurrencyLimiter(OptunaSearch(DefineByRun(st.search, dict(st.config)), metric=st.metric, mode=st.mode, sampler=sampler), st.concurrency)
+            searcher = evaluated_optuna_search(space=DefineByRun(st.search, dict(st.config), full_config(st)), metric=st.metric,
+                                               mode=st.mode, sampler=sampler, points_to_evaluate=[dict(p) for p in st.start_from] or None)
+            search = ConcurrencyLimiter(searcher, st.concurrency)
             param_space: dict[str, Any] = {}
         else:
             search, param_space = None, dict(st.config)
@@ -152,7 +188,8 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=st.metric, mode=st.mode, search_alg=search, scheduler=scheduler, num_samples=st.trials,
-                max_concurrent_trials=st.concurrency, time_budget_s=st.time_budget_s or None,
+                # the ConcurrencyLimiter bounds a searched study; Tune's own cap bounds the others
+                max_concurrent_trials=None if search is not None else st.concurrency, time_budget_s=st.time_budget_s or None,
             ),
             run_config=tune.RunConfig(
                 name=st.name, storage_path=root, callbacks=callbacks, verbose=0 if quiet else 1,
@@ -190,57 +227,253 @@ def check_address(address: str | None) -> None:
         raise SpecError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
 
 
-def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str | None, resume: bool,
-              tracking_uri: str = "", quiet: bool = False, meta: dict | None = None) -> dict[str, Any]:
-    """Run every study of `spec`; returns {study: (ResultGrid, best Result)}."""
+def adapt_resources(spec: Spec, local: bool, quiet: bool) -> Spec:
+    """Fit the studies' requests to a local Ray instance; on a cluster, keep them (nodes may join later).
+
+    A local instance without a GPU runs GPU-asking studies on the CPU and says so in one line: Tune
+    would otherwise leave every trial PENDING forever without a word (the shipped specs ask for
+    fractional GPUs). A CPU request above the machine's CPUs is lowered to all of them, likewise.
+    """
+    import dataclasses
+
     import ray
 
-    from search.tracking import ensure_experiment, tracking_uri_for
+    if not local:
+        return spec
+    have = ray.cluster_resources()
+    gpus, cpus = float(have.get("GPU", 0)), float(have.get("CPU", 1))
+    studies = []
+    for st in spec.studies:
+        new = st
+        if st.gpu > 0 and gpus == 0:
+            print(f"gentune sweep: study {st.name} asks gpu {st.gpu:g} per trial but this machine has no GPU; "
+                  "running its trials on the CPU (--set resources.gpu=0 says so in the spec)", file=sys.stderr)
+            new = dataclasses.replace(new, gpu=0.0)
+        elif st.gpu > gpus:
+            raise SpecError(f"study {st.name}: resources.gpu {st.gpu:g} per trial, but this machine has {gpus:g} GPU(s)")
+        if st.cpu > cpus:
+            if not quiet:
+                print(f"gentune sweep: study {st.name} asks cpu {st.cpu:g} per trial; this machine has {cpus:g}: "
+                      f"using {cpus:g}", file=sys.stderr)
+            new = dataclasses.replace(new, cpu=cpus)
+        studies.append(new)
+    return dataclasses.replace(spec, studies=tuple(studies))
 
-    spec = spec if name is None else type(spec)(**{**spec.__dict__, "name": name})
+
+PENDING_WARN_S = float(os.environ.get("GENTUNE_PENDING_WARN_S", "120"))
+
+
+def pending_watch(study: str, root: str | None):
+    """A Tune callback that says, once, when trials wait long for resources the cluster does not offer.
+
+    It prints one line naming what each waiting trial asks for and what the cluster has, and writes
+    <sweep>/waiting.json for `gentune status`; the file goes when every trial has been placed."""
+    import ray
+    from ray.tune import Callback
+
+    class PendingWatch(Callback):
+        def __init__(self) -> None:
+            self.since: dict[str, float] = {}
+            self.last_running = time.time()
+            self.warned = False
+
+        def on_step_end(self, iteration, trials, **info):
+            now = time.time()
+            pending = [t for t in trials if t.status == "PENDING"]
+            if any(t.status == "RUNNING" for t in trials):
+                self.last_running = now
+            self.since = {t.trial_id: self.since.get(t.trial_id, now) for t in pending}
+            path = Path(root) / "waiting.json" if root else None
+            if not pending:
+                if path is not None and path.exists():
+                    path.unlink(missing_ok=True)
+                return
+            asks = pending[0].placement_group_factory.required_resources
+            total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU") or k in asks}
+            never_fits = any(v > total.get(k, 0) for k, v in asks.items())
+            # waiting is normal while other trials run; it is news when nothing has run for a while,
+            # or when a trial asks for more than the whole cluster has
+            stuck = now - max(self.last_running, min(self.since.values())) >= PENDING_WARN_S
+            if not (stuck or (never_fits and now - min(self.since.values()) >= min(PENDING_WARN_S, 30))):
+                return
+            free = {k: v for k, v in ray.available_resources().items() if k in total}
+            wait_s = now - min(self.since.values())
+            msg = (f"{len(pending)} trial(s) of study {study} waiting {wait_s:.0f} s for resources: each asks "
+                   f"{_res(asks)}; the cluster has {_res(total)} in all, {_res(free)} free")
+            if path is not None:
+                _write_json(path, {"study": study, "message": msg, "trials": len(pending), "asks": asks,
+                                   "cluster": total, "since": now - wait_s, "updated": now})
+            if not self.warned:
+                print(f"gentune sweep: {msg}", file=sys.stderr, flush=True)
+                self.warned = True
+
+    return PendingWatch()
+
+
+def _res(d: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(d.items())) or "nothing"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic: `gentune status` reads these files while the driver writes them."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.chmod(f.name, 0o644)  # as a plain open() would make it, not the temporary file's 0600
+    os.replace(f.name, path)
+
+
+def trial_states(grid) -> dict[str, str]:
+    """Tune's final state of each trial of a finished tuner.fit(): TERMINATED, ERROR, or (interrupted) other."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
+
+
+def spec_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two spec sources differ (an absent mapping counts as an empty one)."""
+    if isinstance(old, dict) or isinstance(new, dict):
+        old, new = (x if isinstance(x, dict) else {} if x is None else {"": x} for x in (old, new))
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += spec_differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "spec"]
+
+
+class SweepLock:
+    """An exclusive lock on a sweep folder for the life of the driver (fcntl: released if it dies)."""
+
+    def __init__(self, root: Path) -> None:
+        import fcntl
+
+        self.f = open(root / ".gentune.lock", "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "?"
+            self.f.close()
+            raise SpecError(f"sweep folder {root} is in use by another gentune sweep (pid {holder}); "
+                            "wait for it to finish or stop it first") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(str(os.getpid()))
+        self.f.flush()
+
+    def release(self) -> None:
+        self.f.close()
+
+
+def check_folder(rp: Path, resume: bool, source: dict, smoke: bool) -> dict | None:
+    """What a sweep folder allows: a new sweep needs it empty or absent; --resume needs the same spec."""
+    if rp.exists() and not rp.is_dir():
+        raise SpecError(f"sweep folder {rp} is a file, not a folder")
+    info_path = rp / "sweep.json"
+    if not resume:
+        if rp.exists() and any(p.name != ".gentune.lock" for p in rp.iterdir()):
+            raise SpecError(f"sweep folder {rp} already exists; add --resume to continue it or --name for a new sweep")
+        return None
+    if not info_path.is_file():
+        raise SpecError(f"--resume: there is no sweep in {rp} (no sweep.json); check --name and --storage")
+    from analysis.sweepdata import read_sweep_json
+
+    info = read_sweep_json(rp)
+    diff = [d.replace("__set__.", "--set ") for d in spec_differences(info.get("spec"), source)]
+    if bool(info.get("smoke")) != bool(smoke):
+        diff.append("--smoke")
+    if diff:
+        raise SpecError(f"--resume: the spec differs from the one {rp.name} ran with in {', '.join(diff[:6])}; "
+                        "resume with the same spec and --set values, or start a new sweep with --name")
+    return info
+
+
+def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str | None, resume: bool,
+              tracking_uri: str = "", quiet: bool = False, meta: dict | None = None) -> dict[str, Any]:
+    """Run every study of `spec`; returns {root, tracking_uri, results: {study: (ResultGrid, best Result)},
+    interrupted, failed: [(study, trial_id, message)]}."""
+    import dataclasses
+
+    import ray
+
+    from search.spec import plain_name
+    from search.tracking import ensure_experiment, error_line, tracking_uri_for
+    from trainables.loop import is_failure
+
+    if name is not None:
+        spec = dataclasses.replace(spec, name=plain_name("--name", name))
     root = sweep_dir(spec, storage, name)
     local = "://" not in root
-    if local:
-        rp = Path(root)
-        if rp.exists() and any(rp.iterdir()) and not resume:
-            raise SpecError(f"sweep folder {rp} already exists; add --resume to continue it or --name for a new sweep")
-    uri = tracking_uri_for(Path(root) if local else None, tracking_uri or spec.tracking_uri)
+    rp = Path(root)
+    old_info = check_folder(rp, resume, spec.source, bool((meta or {}).get("smoke"))) if local else None
+    uri = tracking_uri_for(rp if local else None, tracking_uri or spec.tracking_uri)
     # Everything that can refuse the sweep runs before its folder is made: a refused sweep leaves
     # nothing behind that would make the next run demand --resume.
     check_address(address)
     preflight(spec)
     prepare(spec, quiet)
-    # Results may lack the ranking metric (epochs between evaluations with eval_every > 1, the epoch a
-    # trial diverges in); Tune's strict check would end the whole sweep on one. ASHA and Optuna skip them.
+    # Results lack the ranking metric between evaluations (eval_every > 1) and in the epoch a trial
+    # diverges: Tune's strict check would end the sweep on one; the searcher and ASHA skip them.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # one experiment-state save per trial checkpoint is intended (num_to_keep=1 below): no warning for it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not ray.is_initialized():
+    if local:
         try:
-            # "local": a new instance, never a cluster some earlier `ray start` left running
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=not quiet,
-                     logging_level="WARNING", configure_logging=True)
-        except ConnectionError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SpecError(f"--address {address}: cannot join the Ray cluster ({first[:200]})") from None
-    if local:
-        rp.mkdir(parents=True, exist_ok=True)
-    exp_id = ensure_experiment(uri, spec.experiment or spec.name, Path(root) / "mlartifacts" if local else None)
-    if local:
-        info = {"name": spec.name, "tracking_uri": uri, "experiment_id": exp_id, "studies": [s.name for s in spec.studies],
-                "families": {s.name: s.family for s in spec.studies}, "metrics": {s.name: [s.metric, s.mode] for s in spec.studies},
-                "time_budget_s": {s.name: s.time_budget_s for s in spec.studies}, "spec": spec.source, **(meta or {})}
-        old = Path(root) / "sweep.json"
-        if old.exists():
-            info["started"] = json.loads(old.read_text()).get("started", time.time())
-        info.setdefault("started", time.time())
-        old.write_text(json.dumps(info, indent=2, default=str))
-    results = {}
-    for st in spec.studies:
-        if not quiet:
-            print(f"gentune sweep: study {st.name} ({st.family}): {st.trials} trial(s), metric {st.metric} ({st.mode})", file=sys.stderr)
-        results[st.name] = run_study(spec, st, root, uri, exp_id, resume, quiet)
-    return {"root": root, "tracking_uri": uri, "results": results}
+            rp.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SpecError(f"cannot make the sweep folder {rp}: {e.strerror or e}") from None
+    lock = SweepLock(rp) if local else None
+    try:
+        if not ray.is_initialized():
+            try:
+                # "local": a new instance, never a cluster some earlier `ray start` left running
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=not quiet,
+                         logging_level="WARNING", configure_logging=True)
+            except ConnectionError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise SpecError(f"--address {address}: cannot join the Ray cluster ({first[:200]})") from None
+        spec = adapt_resources(spec, local=address in (None, "local"), quiet=quiet)
+        exp_id = ensure_experiment(uri, spec.experiment or spec.name, rp / "mlartifacts" if local else None)
+        info: dict[str, Any] = {}
+        if local:
+            info = {"name": spec.name, "tracking_uri": uri, "local_store": uri == default_store(rp),
+                    "experiment_id": exp_id, "studies": [s.name for s in spec.studies],
+                    "families": {s.name: s.family for s in spec.studies}, "metrics": {s.name: [s.metric, s.mode] for s in spec.studies},
+                    "time_budget_s": {s.name: s.time_budget_s for s in spec.studies}, "spec": spec.source, **(meta or {})}
+            info["started"] = (old_info or {}).get("started", time.time())
+            info["state"] = "running"
+            _write_json(rp / "sweep.json", info)
+        results, failed, interrupted = {}, [], False
+        for st in spec.studies:
+            if not quiet:
+                why = (" (metric auto: FID weights found)" if st.metric == "fid" else
+                       " (metric auto: no FID weights found, see `gentune fid --help`)") if st.auto_metric else ""
+                print(f"gentune sweep: study {st.name} ({st.family}): {st.trials} trial(s), metric {st.metric} ({st.mode}){why}", file=sys.stderr)
+                for note in st.notes:
+                    print(f"gentune sweep: study {st.name}: {note}", file=sys.stderr)
+            grid, best = run_study(spec, st, root, uri, exp_id, resume, quiet)
+            results[st.name] = (grid, best)
+            states = trial_states(grid)
+            for r in grid:
+                if r.error is not None:
+                    failed.append((st.name, (r.metrics or {}).get("trial_id", "?"), error_line(str(r.error))))
+                elif is_failure((r.metrics or {}).get("stop_reason")):
+                    failed.append((st.name, r.metrics.get("trial_id", "?"), r.metrics["stop_reason"]))
+            if any(v not in ("TERMINATED", "ERROR") for v in states.values()):
+                interrupted = True
+                break
+        if local:
+            info["state"] = "interrupted" if interrupted else ("failed" if failed else "finished")
+            info["ended"] = time.time()
+            _write_json(rp / "sweep.json", info)
+        return {"root": root, "tracking_uri": uri, "results": results, "interrupted": interrupted, "failed": failed}
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def default_store(rp: Path) -> str:
+    from search.tracking import default_tracking_uri
+
+    return default_tracking_uri(rp)
 
 
 def summary_table(grid, st_metric: str) -> str:

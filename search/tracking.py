@@ -33,6 +33,16 @@ def tracking_uri_for(sweep_dir: Path | None, explicit: str = "") -> str:
     return default_tracking_uri(sweep_dir)
 
 
+def error_line(text: str) -> str:
+    """The line of a Ray error dump that says what went wrong ("DataError: ..."), not where."""
+    import re
+
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    hits = [x for x in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt|Diverged)\b", x)]
+    line = (hits or lines or ["unknown error"])[-1]
+    return re.sub(r"^(\w+\.)+(?=\w+:)", "", line)[:300]
+
+
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -142,8 +152,14 @@ class MlflowTrials(Callback):
         reason = last.get("stop_reason") or (
             "completed" if int(last.get("epoch", 0)) >= self.max_epochs else f"early-stopped by ASHA at epoch {last.get('epoch')}"
         )
-        failed = reason.startswith("diverged") or reason == "mode collapse"
-        self._finish(trial, "FAILED" if failed else "FINISHED", reason)
+        from trainables.loop import is_failure
+
+        self._finish(trial, "FAILED" if is_failure(reason) else "FINISHED", reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "FAILED", f"error: {str(getattr(trial, 'error_file', '') or 'trial raised')}")
+        path = getattr(trial, "error_file", None)
+        try:
+            text = Path(path).read_text() if path else ""
+        except OSError:
+            text = ""
+        self._finish(trial, "FAILED", f"error: {error_line(text) if text.strip() else 'the trial raised'}")

@@ -12,7 +12,8 @@ from tests.conftest import SPECS
 def test_defaults_are_the_reports() -> None:
     g, d, n = GANConfig(), DDPMConfig(), DANNConfig()
     assert (g.model, g.lr_g, g.lr_d, g.beta1, g.beta2, g.batch_size, g.epochs) == ("A", 1e-4, 1e-4, 0.5, 0.999, 256, 600)
-    assert (d.T, d.beta1, d.beta2, d.drop_prob, d.lr, d.batch_size, d.n_feat, d.epochs) == (500, 1e-4, 0.02, 0.1, 1e-4, 128, 128, 300)
+    assert (d.T, d.beta_start, d.beta_end, d.drop_prob, d.lr, d.batch_size, d.n_feat, d.epochs) == (500, 1e-4, 0.02, 0.1, 1e-4, 128, 128, 300)
+    assert d.schedule == "scaled"  # the report's exact betas are schedule "linear" (seed.yaml); scaled keeps any T valid
     assert (n.lamb, n.lr, n.batch_size, n.epochs, n.mode) == (0.3, 1e-3, 256, 200, "dann")
 
 

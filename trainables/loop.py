@@ -28,6 +28,11 @@ class Diverged(Exception):
     """Raised inside an epoch when a loss becomes NaN/inf; the message is the stop reason."""
 
 
+def is_failure(reason: str | None) -> bool:
+    """Stop reasons that mean the trial failed (recorded FAILED), not that it was stopped early."""
+    return bool(reason) and (reason.startswith("diverged") or reason == "mode collapse")
+
+
 class Trainer(Protocol):
     family: str
     cfg: Any

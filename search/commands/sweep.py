@@ -2,17 +2,37 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from analysis.errors import GentuneError
     from search.spec import load_spec
-    from search.sweep import run_sweep, summary_table
+    from search.sweep import run_sweep, summary_table, sweep_dir
 
     spec = load_spec(args.spec, args.set, smoke=args.smoke)
-    meta = {"spec_path": str(args.spec), "overrides": args.set, "smoke": args.smoke}
-    out = run_sweep(spec, storage=args.storage, name=args.name, address=args.address, resume=args.resume,
-                    tracking_uri=args.tracking_uri, quiet=args.quiet, meta=meta)
+    meta = {"spec_path": str(Path(args.spec).resolve()), "overrides": args.set, "smoke": args.smoke}
+    try:
+        out = run_sweep(spec, storage=args.storage, name=args.name, address=args.address, resume=args.resume,
+                        tracking_uri=args.tracking_uri, quiet=args.quiet, meta=meta)
+    except (GentuneError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a crash of the driver: one line here, the traceback in the sweep folder
+        if args.debug:
+            raise
+        root = Path(sweep_dir(spec, args.storage, args.name))
+        log = root / "driver-error.log" if root.is_dir() else Path(f"/tmp/gentune-sweep-error-{int(time.time())}.log")
+        log.write_text(traceback.format_exc())
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"gentune sweep: error: the sweep failed: {type(e).__name__}: {first} (traceback in {log}; "
+              f"--debug shows it here)", file=sys.stderr)
+        return 1
     for st in spec.studies:
+        if st.name not in out["results"]:
+            continue
         grid, best = out["results"][st.name]
         print(f"\n== study {st.name} ({st.family}), metric {st.metric} ({st.mode}) ==")
         print(summary_table(grid, st.metric))
@@ -21,6 +41,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         else:
             print("best: none (no trial reported the metric)")
     print(f"\nsweep folder: {out['root']}\nMLflow: {out['tracking_uri']}  (open with: gentune ui {out['root']})")
+    if out["interrupted"]:
+        again = " ".join(["gentune sweep", str(args.spec), *[f"--set {s}" for s in args.set], *(["--smoke"] if args.smoke else []),
+                          *(["--storage", args.storage] if args.storage else []), "--name", Path(out["root"]).name, "--resume"])
+        print(f"gentune sweep: interrupted; resume with: {again}", file=sys.stderr)
+        return 130
+    if out["failed"]:
+        study, trial, msg = out["failed"][0]
+        print(f"gentune sweep: {len(out['failed'])} trial(s) failed; first: study {study} trial {trial}: {msg}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -34,7 +63,7 @@ def register(sub) -> None:
     p.add_argument("--name", default=None, help="sweep name (folder and MLflow experiment); default: the spec's name")
     p.add_argument("--address", default=None, help="Ray cluster to join: auto or HOST:PORT; default: start a local Ray instance")
     p.add_argument("--tracking-uri", default="", help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or SQLite in the sweep folder")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep: finished trials are kept, unfinished ones resume")
-    p.add_argument("--smoke", action="store_true", help="shrink every study to a tiny run on demo data (at most 2 trials each)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (same spec and --set): finished trials are kept, unfinished ones resume")
+    p.add_argument("--smoke", action="store_true", help="shrink every study in sizes only (epochs, steps, batch, T, width) to a tiny run on demo data, at most 2 trials each")
     p.add_argument("--quiet", action="store_true", help="no live trial table")
     p.set_defaults(func=cmd_sweep)

@@ -1,0 +1,59 @@
+"""What each family of a sweep reached, in a few lines: the best GAN's face rate / diversity / FID, the
+best DDPM's accuracy on fresh samples at its chosen w, and the report's DANN table (target accuracy
+of the best source-only, DANN and target-only trial). Read from the sweep's MLflow store."""
+from __future__ import annotations
+
+from analysis.sweepdata import Sweep, Trial, better
+
+DANN_MODES = ("source-only", "dann", "target-only")
+
+
+def _best(trials: list[Trial], metric: str, mode: str) -> Trial | None:
+    best = None
+    for t in trials:
+        v = t.value(metric)
+        if v is not None and (best is None or better(v, best.value(metric), mode)):  # type: ignore[arg-type]
+            best = t
+    return best
+
+
+def _f(t: Trial, key: str, fmt: str = "{:.3f}") -> str:
+    v = t.value(key)
+    return "-" if v is None else fmt.format(v)
+
+
+def summary_rows(sweep: Sweep) -> list[list[str]]:
+    """[family, what, trial, value(s)] rows."""
+    rows: list[list[str]] = []
+    finished = [t for t in sweep.all_trials if t.status == "FINISHED"]
+    by_family = {f: [t for t in finished if t.family == f] for f in ("gan", "ddpm", "dann")}
+    studies = sweep.studies
+    gan = by_family["gan"]
+    if gan:
+        metrics = {(studies[t.study].metric, studies[t.study].mode) for t in gan if t.study in studies}
+        metric, mode = sorted(metrics)[0] if len(metrics) == 1 else ("face_score", "max")
+        if (t := _best(gan, metric, mode)) is not None:
+            rows.append(["gan", f"best by {metric} (model {t.params.get('model', '?')})", t.trial_id,
+                         f"face rate {_f(t, 'face_rate')}, diversity {_f(t, 'diversity')}, FID {_f(t, 'fid', '{:.1f}')}"])
+    if (t := _best(by_family["ddpm"], "acc", "max")) is not None:
+        rows.append(["ddpm", "best by acc (fresh samples at best w)", t.trial_id,
+                     f"acc {_f(t, 'acc')} at w={_f(t, 'best_w', '{:g}')} (chance 0.100; evaluator {_f(t, 'evaluator_val_acc')})"])
+    for m in DANN_MODES:
+        t = _best([t for t in by_family["dann"] if t.params.get("mode", "dann") == m], "target_acc", "max")
+        if t is not None:
+            domains = f"{t.params.get('source.domain', '?')} -> {t.params.get('target.domain', '?')}"
+            rows.append(["dann", f"{m} ({domains})", t.trial_id,
+                         f"target acc {_f(t, 'target_acc')}, source acc {_f(t, 'source_acc')}"])
+    return rows
+
+
+def format_summary(sweep: Sweep) -> str:
+    rows = summary_rows(sweep)
+    if not rows:
+        return f"sweep {sweep.name}: no finished trial reported its metric yet"
+    head = ["family", "trial of", "trial", "reached"]
+    w = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    lines = [f"What sweep {sweep.name} reached (finished trials, final values):",
+             "  ".join(h.ljust(w[i]) if i < 3 else h for i, h in enumerate(head))]
+    lines += ["  ".join(c.ljust(w[i]) if i < 3 else c for i, c in enumerate(r)) for r in rows]
+    return "\n".join(lines)
