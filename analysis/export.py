@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from analysis.errors import CheckpointError, DataError, GentuneError
+from analysis.sweepdata import check_out_file, check_parent
 
 BUNDLE_FORMAT = "gentune-bundle"
 BUNDLE_VERSION = 1
@@ -33,6 +35,8 @@ META = "bundle.json"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # which parts of a trainer's state are model weights, per family
 MODEL_KEYS = {"gan": ("G", "D"), "ddpm": ("model",), "dann": ("model",)}
+MAX_IMAGES = 10000  # per `gentune generate`: one PNG grid (DDPM: 10000 x T network steps, hours on a CPU)
+DDPM_CHUNK = 500  # images sampled together by the DDPM (a chunk's activations must fit in memory)
 
 
 def log(msg: str, quiet: bool) -> None:
@@ -148,6 +152,65 @@ def default_guidance(cfg, metrics: dict[str, float] | None) -> float:
     return float(cfg.guidance[0])
 
 
+def check_sampling_args(family: str, n: int | None, digit: int | None, guidance: float | None) -> int:
+    """The number of images to make, after refusing what cannot be sampled (before any model work)."""
+    n = default_n(family) if n is None else int(n)
+    if n < 1:
+        raise GentuneError(f"--n must be >= 1, got {n}")
+    if n > MAX_IMAGES:
+        raise GentuneError(f"--n {n} is more than {MAX_IMAGES} images for one PNG grid; run generate several times "
+                           "with different --seed values instead")
+    if family != "ddpm":
+        for opt, v in (("--digit", digit), ("--guidance", guidance)):
+            if v is not None:
+                raise GentuneError(f"{opt} is for DDPM bundles only; this is a {family} bundle")
+        return n
+    if digit is not None and not 0 <= digit <= 9:
+        raise GentuneError(f"--digit must be 0-9, got {digit}")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise GentuneError(f"--guidance must be a finite number >= 0, got {guidance}")
+    return n
+
+
+def grid_size(n: int, nrow: int, h: int, w: int, padding: int = 2) -> tuple[int, int]:
+    """(width, height) in pixels of `image_grid` of n images of h x w, nrow per row."""
+    cols = min(nrow, n)
+    return cols * (w + padding) + padding, math.ceil(n / cols) * (h + padding) + padding
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+class _Progress:
+    """'k/n images, about X left' on stderr, at most every `every` seconds (none when quiet)."""
+
+    def __init__(self, n: int, quiet: bool, every: float = 10.0) -> None:
+        self.n, self.quiet, self.every = n, quiet, every
+        self.t0 = self.last = time.perf_counter()
+
+    def step(self, done: int) -> None:
+        now = time.perf_counter()
+        if self.quiet or done >= self.n or now - self.last < self.every:
+            return
+        self.last = now
+        left = (now - self.t0) / done * (self.n - done)
+        log(f"gentune: {done}/{self.n} images in {fmt_seconds(now - self.t0)}, about {fmt_seconds(left)} left", False)
+
+
+def _time_one_step(net: nn.Module, batch: int, device: torch.device) -> float:
+    """Seconds of one network evaluation of the sampler's doubled batch (one of the T steps of a chunk)."""
+    x = torch.zeros(2 * batch, 3, 28, 28, device=device)
+    c = torch.zeros(2 * batch, dtype=torch.long, device=device)
+    t = torch.full((2 * batch, 1), 0.5, device=device)
+    drop = torch.cat([torch.zeros(batch, device=device), torch.ones(batch, device=device)])
+    t0 = time.perf_counter()
+    net(x, c, t, drop)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 @torch.no_grad()
 def generate_images(family: str, cfg, models: dict[str, nn.Module], *, n: int | None = None, seed: int = 0,
                     digit: int | None = None, guidance: float | None = None, metrics: dict[str, float] | None = None,
@@ -156,37 +219,54 @@ def generate_images(family: str, cfg, models: dict[str, nn.Module], *, n: int | 
     """Images in [-1, 1] (N,3,H,W) on the CPU, the kept x_t (DDPM), and what was used (n, seed, w, labels, nrow).
 
     GAN: z ~ N(0, 1) of shape (n, 100, 1, 1) from a CPU generator seeded with `seed` (the same z on any device).
-    DDPM: classifier-free guided sampling from noise drawn by a generator on `device` seeded with `seed`.
+    DDPM: classifier-free guided sampling from noise drawn by a generator on `device` seeded with `seed`, in
+    chunks of DDPM_CHUNK images (memory stays bounded; up to DDPM_CHUNK images it is one batch).
+    Unless quiet, says on stderr how many images, the grid's size and (DDPM) an estimate of the time first,
+    then progress every 10 s.
     """
     device = torch.device(device)
-    n = n or default_n(family)
-    if n < 1:
-        raise GentuneError(f"--n must be >= 1, got {n}")
+    n = check_sampling_args(family, n, digit, guidance)
+    progress = _Progress(n, quiet)
     if family == "gan":
         from models.gan import NZ
 
+        log(f"gentune: generating {n} image(s) with GAN model {cfg.model} on {device} "
+            f"(grid {'x'.join(map(str, grid_size(n, 8, 64, 64)))} px) ...", quiet or n < 1000)
         g = torch.Generator(device="cpu").manual_seed(seed)
         z = torch.randn(n, NZ, 1, 1, generator=g).to(device)
         G = models["G"].eval()
-        x = torch.cat([G(c).float() for c in z.split(256)])
-        return x.cpu(), {}, {"n": n, "seed": seed, "nrow": 8}
+        xs = []
+        for c in z.split(256):
+            xs.append(G(c).float().cpu())
+            progress.step(256 * len(xs))
+        return torch.cat(xs), {}, {"n": n, "seed": seed, "nrow": 8}
     if family == "ddpm":
-        from models.ddpm import GuidedSampler, NoiseSchedule
+        from models.ddpm import GuidedSampler
+        from trainables.ddpm import noise_schedule
 
-        if digit is not None and not 0 <= digit <= 9:
-            raise GentuneError(f"--digit must be 0-9, got {digit}")
         w = default_guidance(cfg, metrics) if guidance is None else float(guidance)
-        if w < 0:
-            raise GentuneError(f"--guidance must be >= 0, got {w}")
         labels, nrow = ddpm_labels(n, digit, device)
-        log(f"gentune: sampling {n} digit(s) with the DDPM (T={cfg.T}, w={w:g}) on {device} ...", quiet)
-        schedule = NoiseSchedule(cfg.T, cfg.beta1, cfg.beta2, device)
-        gen = torch.Generator(device=device).manual_seed(seed)
         net = models["model"].eval()
         if w == 0 and device.type != "cuda":  # (the CUDA sampler skips the unconditional half itself)
             net = _CondOnly(net).eval()
-        x, kept = GuidedSampler(net, schedule).sample(labels, w, generator=gen, keep_at=keep_at)
-        return x.float().cpu(), {k: v.float().cpu() for k, v in kept.items()}, {
+        chunks = labels.split(DDPM_CHUNK)
+        about = ""
+        if not quiet:
+            about = f", about {fmt_seconds(_time_one_step(net, len(chunks[0]), device) * cfg.T * len(chunks))}"
+        log(f"gentune: sampling {n} digit(s) with the DDPM (T={cfg.T}, w={w:g}) on {device} "
+            f"(grid {'x'.join(map(str, grid_size(n, nrow, 28, 28)))} px{about}) ...", quiet)
+        schedule = noise_schedule(cfg, device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        sampler = GuidedSampler(net, schedule)
+        xs: list[torch.Tensor] = []
+        kept: dict[int, list[torch.Tensor]] = {}
+        for lab in chunks:
+            x, k = sampler.sample(lab, w, generator=gen, keep_at=keep_at)
+            xs.append(x.float().cpu())
+            for step, v in k.items():
+                kept.setdefault(step, []).append(v.float().cpu())
+            progress.step(sum(len(c) for c in xs))
+        return torch.cat(xs), {k: torch.cat(v) for k, v in kept.items()}, {
             "n": n, "seed": seed, "w": w, "labels": labels.cpu().tolist(), "nrow": nrow}
     raise GentuneError(f"a {family} model does not generate images; use `gentune predict` for DANN bundles")
 
@@ -273,15 +353,47 @@ def data_fingerprints(family: str, cfg, quiet: bool = True) -> dict[str, str | N
     return out
 
 
+def bundle_files(folder: Path) -> set[str]:
+    """The names of the files gentune wrote in `folder` when it holds a bundle (bundle.json of our format and
+    the weights it names), else none."""
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return set()
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        return set()
+    return {META, str(meta.get("weights") or WEIGHTS)}
+
+
 def check_out(out: Path, force: bool) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise GentuneError(f"--out {out} already exists and is not empty; pick a new folder or add --force")
+    """`out` may be new or an empty folder; with --force also an earlier bundle, which is replaced. Any other
+    file in it is the user's: refuse, naming it, rather than delete it."""
+    if not out.exists():
+        if out.is_symlink():
+            raise GentuneError(f"--out {out} is a broken symbolic link; pick a new folder")
+        check_parent(out, "--out")
+        return out
+    if not out.is_dir():
+        raise GentuneError(f"--out {out} is a file, not a folder; pick a new folder")
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return out
+    if not force:
+        raise GentuneError(f"--out {out} already exists and is not empty; pick a new folder, or add --force to "
+                           "replace the bundle an earlier export wrote there")
+    ours = bundle_files(out)
+    foreign = [n for n in present if n not in ours or not (out / n).is_file() or (out / n).is_symlink()]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise GentuneError(f"--out {out} holds files gentune did not write ({shown}); --force replaces only an "
+                           "earlier bundle, so move them away or pick a new folder")
     return out
 
 
 def write_bundle(out: Path, ckpt: dict[str, Any], *, metrics: dict[str, float], sweep: str = "", study: str = "",
                  trial_id: str = "", force: bool = False, quiet: bool = True) -> Path:
-    """Write the bundle of checkpoint `ckpt` into the new folder `out`, atomically (a failure leaves nothing)."""
+    """Write the bundle of checkpoint `ckpt` into `out`: a new or empty folder, made atomically (a failure leaves
+    nothing), or with `force` a folder holding an earlier bundle, whose own two files are replaced."""
     from safetensors.torch import save_file
 
     family = ckpt["family"]
@@ -302,9 +414,16 @@ def write_bundle(out: Path, ckpt: dict[str, Any], *, metrics: dict[str, float], 
             "tensors": len(tensors), "parameters": int(sum(v.numel() for v in tensors.values())),
         }
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.exists():  # (--force) an earlier bundle: replace its own files, never anything else
+            check_out(out, force)
+            stale = (bundle_files(out) & set(os.listdir(out))) - {WEIGHTS, META}
+            for name in (WEIGHTS, META):
+                os.replace(tmp / name, out / name)
+            for name in stale:
+                (out / name).unlink()
+            tmp.rmdir()
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -408,6 +527,8 @@ def predict_folder(bundle: str | Path, images: str | Path, out_csv: str | Path |
     """Classify every image of a folder with a DANN bundle; write `image_name,label` CSV when out_csv is given."""
     import csv
 
+    if out_csv is not None:
+        check_out_file(out_csv)
     dev = resolve_device(device)
     b = load_bundle(bundle, "dann", dev)
     names, x = read_images(images, 32)

@@ -28,7 +28,7 @@ import torch
 from analysis import compare as C
 from analysis import export as E
 from analysis.errors import CheckpointError, GentuneError
-from analysis.sweepdata import Study, Sweep, Trial, better, varied_params
+from analysis.sweepdata import ARTIFACTS, Study, Sweep, Trial, better, check_parent, varied_params
 
 REVERSE_STEPS = (500, 300, 100, 60, 40, 0)  # the report's steps, for T = 500
 DOMAIN_NAMES = {"mnistm": "MNIST-M", "usps": "USPS", "svhn": "SVHN", "mnist": "MNIST"}
@@ -548,8 +548,16 @@ def build_report(sweep_dir: str | Path, out: str | Path, *, trial_ids: list[str]
     """Write the report of a sweep into `out`; returns {index, markdown, figures, logged}."""
     sweep = Sweep(sweep_dir, tracking_uri)
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise GentuneError(f"--out {out} is a file; name the folder to write the report into")
+    check_parent(out, "--out")
     rep = Report(sweep, out, trial_ids=trial_ids, arch_text=arch_text, device=device, seed=seed,
                  tsne_max=tsne_max, quiet=quiet)  # checks the options before anything is written
+    if log_mlflow:  # a copied or moved sweep folder: its figures go to its own mlartifacts/, never the original's
+        moved = sweep.keep_artifacts_here("add --no-mlflow to write the report without logging it")
+        if moved:
+            rep.log(f"this sweep folder was copied or moved: its MLflow store now keeps artifacts in "
+                    f"{sweep.root / ARTIFACTS} (was {moved})")
     out.mkdir(parents=True, exist_ok=True)
     sections = rep.build()
     title = f"gentune report: sweep {sweep.name}"
@@ -566,10 +574,12 @@ def build_report(sweep_dir: str | Path, out: str | Path, *, trial_ids: list[str]
             if st.run_id is None:
                 continue
             files = [f for s in sections if name in s.studies for f in s.figures]
-            for f in files:
-                sweep.client.log_artifact(st.run_id, str(out / f), artifact_path="report")
+            with sweep.store_errors():
+                for f in files:
+                    sweep.client.log_artifact(st.run_id, str(out / f), artifact_path="report")
+                if files:
+                    sweep.client.log_artifact(st.run_id, str(out / "report.md"), artifact_path="report")
             if files:
-                sweep.client.log_artifact(st.run_id, str(out / "report.md"), artifact_path="report")
                 logged[name] = files
         rep.log(f"figures logged to the MLflow study runs under report/ ({sum(map(len, logged.values()))} files)")
     return {"index": out / "index.html", "markdown": out / "report.md", "figures": figures, "logged": logged}

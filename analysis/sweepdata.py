@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from analysis.errors import CheckpointError, GentuneError
 
 CHECKPOINT = "checkpoint.pt"
+LOCAL_DB = "mlflow.db"  # a local sweep's MLflow store, inside its folder
+ARTIFACTS = "mlartifacts"  # ... and the artifacts of its runs
 _CKPT_DIR = re.compile(r"^checkpoint_(\d+)$")
 
 
@@ -92,6 +98,108 @@ def read_sweep_json(root: Path) -> dict[str, Any]:
 
 
 
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a sqlite: URI (sqlite:////abs/path or sqlite:///rel/path), None for other URIs."""
+    if not uri.startswith("sqlite:"):
+        return None
+    p = urlparse(uri).path
+    if uri.startswith("sqlite:////"):
+        return Path(unquote(p[1:]))
+    return Path(unquote(p[1:])) if p.startswith("/") else Path(unquote(p))
+
+
+def tracking_uri_of(root: str | Path, info: dict[str, Any]) -> str:
+    """The MLflow store of sweep folder `root` (sweep.json's content `info`), resolved from the folder itself.
+
+    A sweep that keeps its store in its folder ("local_store": true, or an older sweep.json whose recorded URI
+    is a SQLite file named mlflow.db while <root>/mlflow.db exists) is read from <root>/mlflow.db, so a folder
+    that was copied or moved reads its own store, never the original's. Otherwise the recorded URI (a server, or
+    a store the sweep was pointed at)."""
+    local = Path(root).expanduser().resolve() / LOCAL_DB
+    uri = str(info.get("tracking_uri") or "")
+    if info.get("local_store") is True or not uri:
+        return f"sqlite:///{local}"
+    db = sqlite_path(uri)
+    if "local_store" not in info and db is not None and db.name == LOCAL_DB and local.is_file():
+        return f"sqlite:///{local}"
+    return uri
+
+
+def store_exceptions() -> tuple[type[BaseException], ...]:
+    """What MLflow raises when its store cannot be read: its own errors, SQL errors, I/O and connection errors."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (MlflowException, SQLAlchemyError, sqlite3.Error, OSError)
+
+
+_URI_HINT = "expected sqlite:///PATH/mlflow.db, file:///PATH/mlruns or http(s)://HOST:PORT"
+_DB_SCHEMES = ("postgresql", "mysql", "mssql", "databricks")
+
+
+def check_store(uri: str, source: str) -> None:
+    """Refuse, in one line naming the store and where its URI came from, a tracking URI gentune cannot read:
+    a missing or unreadable (truncated, not SQLite, not MLflow) SQLite file, a missing file store, or a string
+    that is no URI at all. Opens SQLite files read-only: checking never creates or changes a store."""
+    db = sqlite_path(uri)
+    if db is not None:
+        if not db.is_file():
+            raise GentuneError(f"MLflow store {db} (from {source}) does not exist")
+        try:
+            con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            try:
+                ok = con.execute("PRAGMA quick_check").fetchone()[0]
+                if ok == "ok":
+                    con.execute("SELECT experiment_id, artifact_location FROM experiments LIMIT 1").fetchall()
+                    con.execute("SELECT run_uuid, artifact_uri FROM runs LIMIT 1").fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as e:
+            raise GentuneError(f"MLflow store {db} is not a readable MLflow database ({first_line(e)})") from None
+        if ok != "ok":
+            raise GentuneError(f"MLflow store {db} is damaged (SQLite integrity check: {str(ok)[:200]})")
+        return
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme in ("http", "https") or scheme in _DB_SCHEMES:
+        return
+    if scheme == "file":
+        path = Path(unquote(urlparse(uri).path))
+        if not path.is_dir():
+            raise GentuneError(f"MLflow file store {path} (from {source}) does not exist or is not a folder")
+        return
+    raise GentuneError(f"{source}: {uri!r} is not an MLflow tracking URI gentune can read ({_URI_HINT})")
+
+
+# --- output paths (checked before any long work) -------------------------------------------------
+
+def check_out_file(path: str | Path, option: str = "--out", suffix: str | None = None) -> Path:
+    """An output file that can be written: not a folder, with `suffix` when one is required, inside a folder
+    that exists or can be made (no file in the way). Checked before any long work."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise GentuneError(f"{option} {out} is a folder; name the file to write in it, e.g. {out / ('out' + (suffix or ''))}")
+    if suffix is not None and out.suffix.lower() != suffix:
+        raise GentuneError(f"{option} {out}: the file is written as {suffix[1:].upper()}; give a name ending in {suffix}")
+    check_parent(out, option)
+    return out
+
+
+def check_parent(path: Path, option: str) -> None:
+    """Refuse an output whose folder cannot be made: the nearest existing ancestor is a file or not writable."""
+    for a in path.absolute().parents:
+        if a.exists():
+            if not a.is_dir():
+                raise GentuneError(f"{option} {path}: {a} is a file, not a folder")
+            if not os.access(a, os.W_OK):
+                raise GentuneError(f"{option} {path}: folder {a} is not writable")
+            return
+
+
 class Sweep:
     """A finished (or interrupted) sweep folder and its MLflow store."""
 
@@ -102,24 +210,55 @@ class Sweep:
         self.info: dict[str, Any] = read_sweep_json(root)
         self.root = root.resolve()
         self.name: str = self.info.get("name", root.name)
-        self.tracking_uri = tracking_uri or self._default_uri()
+        self.tracking_uri = tracking_uri or tracking_uri_of(self.root, self.info)
+        check_store(self.tracking_uri, "--tracking-uri" if tracking_uri else str(self.root / "sweep.json"))
         self._history: dict[tuple[str, str], list[tuple[int, float]]] = {}
 
-    def _default_uri(self) -> str:
-        uri = self.info.get("tracking_uri", "")
-        if uri.startswith("sqlite:///"):
-            db = Path(uri[len("sqlite:///"):])
-            local = self.root / "mlflow.db"
-            if not db.exists() and local.exists():  # the sweep folder was moved or copied
-                return f"sqlite:///{local}"
-            if not db.exists():
-                raise GentuneError(f"the sweep's MLflow store {db} does not exist")
-        if not uri:
-            local = self.root / "mlflow.db"
-            if not local.exists():
-                raise GentuneError(f"{self.root / 'sweep.json'} names no tracking_uri and {local} does not exist")
-            return f"sqlite:///{local}"
-        return uri
+    @contextmanager
+    def store_errors(self):
+        """MLflow/SQLite failures while reading or writing the store -> one line naming the store."""
+        try:
+            yield
+        except store_exceptions() as e:
+            raise GentuneError(f"MLflow store {self.tracking_uri}: {first_line(e)}") from None
+
+    @property
+    def own_store(self) -> Path | None:
+        """<root>/mlflow.db when this sweep's store is the SQLite file inside its folder, else None."""
+        db = sqlite_path(self.tracking_uri)
+        return db if db is not None and db.resolve() == self.root / LOCAL_DB else None
+
+    def keep_artifacts_here(self, skip_hint: str = "") -> str | None:
+        """Call before logging artifacts. A sweep folder's own store names its artifact folder as an absolute
+        file URI; in a folder that was copied or moved that is still the original's mlartifacts/. Repoint this
+        folder's own mlflow.db (the experiment's artifact_location and its runs' artifact_uri) to
+        <root>/mlartifacts, and refuse when any run would still write elsewhere. Returns the old location when it
+        was repointed. Stores that are not the folder's own (a server, --tracking-uri) are left as they are."""
+        db = self.own_store
+        if db is None:
+            return None
+        want = (self.root / ARTIFACTS).as_uri()
+        eid = int(self.experiment_id)
+        con = sqlite3.connect(db, timeout=30)
+        try:
+            with con:
+                row = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id = ?", (eid,)).fetchone()
+                old = str(row[0] if row else "").rstrip("/")
+                if old != want and old.endswith("/" + ARTIFACTS):
+                    con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (want, eid))
+                    con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                                "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                                (want, len(old) + 1, eid, len(old) + 1, old + "/"))
+                stray = con.execute("SELECT artifact_uri FROM runs WHERE experiment_id = ? AND "
+                                    "substr(artifact_uri, 1, ?) != ? LIMIT 1", (eid, len(want) + 1, want + "/")).fetchone()
+                if stray:  # the transaction rolls back: nothing changed
+                    raise GentuneError(f"{db}: a run of this sweep keeps its artifacts in {stray[0]}, outside "
+                                       f"{self.root / ARTIFACTS}; not writing there" + (f" ({skip_hint})" if skip_hint else ""))
+        except sqlite3.Error as e:
+            raise GentuneError(f"MLflow store {db}: cannot update its artifact locations ({first_line(e)})") from None
+        finally:
+            con.close()
+        return old if old != want else None
 
     # --- MLflow -----------------------------------------------------------------------------------
 
@@ -133,14 +272,14 @@ class Sweep:
     def experiment_id(self) -> str:
         exp_id = self.info.get("experiment_id")
         if exp_id is not None:
-            from mlflow.exceptions import MlflowException
-
             try:
-                self.client.get_experiment(str(exp_id))
+                with self.store_errors():
+                    self.client.get_experiment(str(exp_id))
                 return str(exp_id)
-            except MlflowException:  # a store that was recreated: look the experiment up by name
+            except GentuneError:  # a store that was recreated: look the experiment up by name
                 pass
-        exp = self.client.get_experiment_by_name(self.info.get("experiment") or self.name)
+        with self.store_errors():
+            exp = self.client.get_experiment_by_name(self.info.get("experiment") or self.name)
         if exp is None:
             raise GentuneError(f"the MLflow store {self.tracking_uri} has no experiment for sweep {self.name!r}")
         return exp.experiment_id
@@ -148,8 +287,9 @@ class Sweep:
     def _runs(self, kind: str) -> list:
         out, token = [], None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=f"tags.`gentune.kind` = '{kind}'",
-                                           max_results=1000, page_token=token)
+            with self.store_errors():
+                page = self.client.search_runs([self.experiment_id], filter_string=f"tags.`gentune.kind` = '{kind}'",
+                                               max_results=1000, page_token=token)
             out += list(page)
             token = getattr(page, "token", None)
             if not token:
@@ -213,7 +353,8 @@ class Sweep:
         """(epoch, value) of `metric` over the trial's epochs (MLflow steps are epochs)."""
         key = (trial.run_id, metric)
         if key not in self._history:
-            hist = self.client.get_metric_history(trial.run_id, metric)
+            with self.store_errors():
+                hist = self.client.get_metric_history(trial.run_id, metric)
             by_step = {}
             for m in sorted(hist, key=lambda m: (m.step, m.timestamp)):
                 by_step[int(m.step)] = float(m.value)  # a resumed trial may log an epoch twice: keep the last

@@ -5,10 +5,13 @@
     python -m benchmarks.throughput --profile gan-a,gan-b      # per-op profile of one gentune GAN step, fp32 vs bf16
     python -m benchmarks.throughput --prepare-cache --cache-dir DIR   # demo data only, to carry to a bare GPU machine
 
-On a GPU, `python -m benchmarks.throughput --device cuda --results benchmarks/RESULTS.md` is the one
-prepared check (about 4-5 minutes on an H100; --quick for less). It needs torch, torchvision and
-Pillow; the fid row also pytorch-fid and scipy (skipped without them); the demo data needs
-scikit-learn and scikit-image unless --cache-dir names a cache built with --prepare-cache.
+On a GPU, the one prepared check is `python -m benchmarks.gpu_check` (its docstring has the device
+call): it runs these workloads through Bench, the packing, real training runs and the profile.
+Standalone, `python -m benchmarks.throughput --device cuda --results benchmarks/RESULTS.md` takes
+about 4-5 minutes on an H100 (--quick for less). It needs torch, torchvision and Pillow; the fid
+rows also pytorch-fid (skipped without it; without scipy only gentune's side of the FID row is
+timed); the demo data needs scikit-learn and scikit-image unless --cache-dir names a cache built
+with --prepare-cache.
 
 One process, the same data and step counts for both sides. Every measurement follows a warm-up;
 the two sides alternate order from repeat to repeat (ABBA...), and the printed numbers are medians:
@@ -25,11 +28,13 @@ Workloads (img/s counts real images through the network; DANN counts source + ta
   (both fed the same in-memory batch).
 - ddpm: training steps (TeaPearce's loop, in-memory DataLoader), and guided sampling of
   --samples images (TeaPearce's sample() against gentune's GuidedSampler, CUDA graph on CUDA;
-  the graph's capture happens in the warm-up and is reported apart).
+  the graph's capture happens in the warm-up and is reported apart); on CUDA also the graph against
+  the eager sampler from the same seed, bf16 and fp32, against GRAPH_TOLERANCE.
 - dann: training steps (a plain zip-of-DataLoaders loop against DANNTrainer.train_epoch).
-- fid: features and Frechet distance of generated images against cached real statistics
-  (pytorch-fid's way: batches of 50, scipy sqrtm; gentune: analysis.metrics.fid). Without the
-  Inception weights file the network is randomly initialised: a timing, not an FID.
+- fid: Inception features of the generated images alone, then features and Frechet distance
+  against cached real statistics (pytorch-fid's way: batches of 50, scipy sqrtm; gentune:
+  analysis.metrics.fid). Without the Inception weights file the network is randomly initialised:
+  a timing, not an FID.
 On CUDA also: peak GPU memory of one trial of each family and aggregate throughput of 1, 2 and 4
 trials packed on the GPU, each trial its own process (--pack).
 """
@@ -343,14 +348,7 @@ class Bench:
         self.extra.append(f"ddpm: {sz.samples} guided samples at T={T}: gentune {med(secs):.3f} s (median), "
                           f"reference {med([sz.samples / r for r in row.ref]):.3f} s")
         if dev.type == "cuda":  # the graph and the eager path must agree
-            g1 = torch.Generator(device=dev).manual_seed(5)
-            g2 = torch.Generator(device=dev).manual_seed(5)
-            tr.model.eval()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                a, _ = GuidedSampler(tr.model, s2, cuda_graph=False).sample(labels, 1.0, generator=g1)
-                b, _ = sampler.sample(labels, 1.0, generator=g2)
-            tr.model.train()
-            self.extra.append(f"ddpm: CUDA graph vs eager sampler (bf16), max |diff| = {(a - b).abs().max().item():.2e}")
+            self.extra.append(graph_vs_eager(tr.model, s2, labels, sampler))
 
     # -- DANN
 
@@ -385,13 +383,17 @@ class Bench:
 
     def run_fid(self) -> None:
         try:
-            import scipy.linalg  # noqa: F401  (the reference's sqrtm)
-
             from analysis.metrics import fid as F
-            from benchmarks.reference import pytorch_fid_score
         except ImportError as e:
             self.extra.append(f"fid: skipped ({e})")
             return
+        try:
+            import scipy.linalg  # noqa: F401  (the reference's sqrtm)
+            have_scipy = True
+        except ImportError:
+            have_scipy = False
+        from benchmarks.reference import pytorch_fid_activations, pytorch_fid_score
+
         sz, dev = self.sz, self.device
         weights = F.find_weights()
         dims = 64 if self.args.quick else 2048  # --quick: the first block only, a smoke run
@@ -410,32 +412,62 @@ class Bench:
             pytorch_fid_score(model, fake, mu, sigma, dev)
             return sz.fid_n
 
-        what = f"FID of {sz.fid_n} samples vs cached real stats" + ("" if weights else " (random-init Inception: timing only)")
+        def gen_features() -> int:
+            F.inception_features(model, fake_dev, device=dev, quiet=True)
+            return sz.fid_n
+
+        def ref_features() -> int:
+            pytorch_fid_activations(model, fake, dev)
+            return sz.fid_n
+
+        note = "" if weights else " (random-init Inception: timing only)"
+        reps = max(2, sz.repeats - 2)
+        # the features alone (the <= 1 s target on a GPU): Inception on fid_n 64x64 images resized to 299
+        row = Row("fid", f"Inception features of {sz.fid_n} 64x64 samples{note}", sz.fid_n, ref_label="pytorch-fid style")
+        self.rows.append(compare(row, ref_features, gen_features, reps, dev))
+        self.extra.append(f"fid: Inception features of {sz.fid_n} 64x64 samples: gentune {med([sz.fid_n / x for x in row.gen]):.3f} s, "
+                          f"pytorch-fid style {med([sz.fid_n / x for x in row.ref]):.3f} s (median)")
+        what = f"FID of {sz.fid_n} samples vs cached real stats{note}"
+        if not have_scipy:  # no reference sqrtm here: gentune's features + Frechet distance timed alone
+            times = []
+            for _ in range(reps + 1):
+                sync(dev)
+                t0 = time.perf_counter()
+                gen()
+                sync(dev)
+                times.append(time.perf_counter() - t0)
+            self.extra.append(f"fid: {what}: gentune {med(times[1:]):.3f} s (median); reference skipped (no scipy)")
+            return
         row = Row("fid", what, sz.fid_n)
-        self.rows.append(compare(row, ref, gen, max(2, sz.repeats - 2), dev))
+        self.rows.append(compare(row, ref, gen, reps, dev))
         self.extra.append(f"fid: {sz.fid_n} samples: gentune {med([sz.fid_n / x for x in row.gen]):.3f} s, "
                           f"pytorch-fid style {med([sz.fid_n / x for x in row.ref]):.3f} s (median)")
 
     # -- packing and memory (CUDA): one process per trial
 
     def run_pack(self, families: list[str], counts: list[int]) -> None:
-        total = torch.cuda.get_device_properties(self.device).total_memory / 2**20
+        cuda = self.device.type == "cuda"
+        total = torch.cuda.get_device_properties(self.device).total_memory / 2**20 if cuda else 0.0
         for fam in families:
             base = None
             for k in counts:
                 res = launch_workers(fam, k, self.args, self.sz)
-                if res is None:
-                    self.extra.append(f"pack {fam} x{k}: a worker failed (see stderr)")
+                if res is None or "error" in res[0]:
+                    why = res[0]["error"] if res else "see stderr"
+                    self.extra.append(f"pack {fam} x{k}: a worker failed ({why})")
                     continue
                 agg = sum(r["img_s"] for r in res)
                 peak = max(r["peak_mb"] for r in res)
                 if k == 1:
                     base = agg
+                if k == 1 and cuda:
                     self.extra.append(f"memory {fam}: peak {peak:.0f} MiB allocated, {max(r['reserved_mb'] for r in res):.0f} MiB "
                                       f"reserved per trial (of {total:.0f} MiB; by memory {int(total // max(peak, 1))} would fit)")
                 scale = f", {agg / base:.2f}x one trial" if base else ""
                 each = ", ".join(f"{r['img_s']:,.0f}" for r in res)
-                self.extra.append(f"pack {fam} x{k}: aggregate {agg:,.0f} img/s (per trial {each}){scale}")
+                peaks = ", ".join(f"{r['peak_mb']:.0f}" for r in res)
+                mem = f"; peak MiB allocated per trial {peaks}" if cuda else ""
+                self.extra.append(f"pack {fam} x{k}: aggregate {agg:,.0f} img/s (per trial {each}){scale}{mem}")
 
     # -- output
 
@@ -449,10 +481,38 @@ class Bench:
         return lines
 
 
-def launch_workers(family: str, k: int, args, sz: Sizes) -> list[dict] | None:
-    """k gentune trials of `family` as separate processes, started together after a file barrier."""
+# tests/test_benchmarks.py::test_cuda_graph_sampler_matches_eager holds the same bounds
+GRAPH_TOLERANCE = {"bf16": 2e-2, "fp32": 1e-3}  # max |graph - eager| / max |eager|
+
+
+def graph_vs_eager(model, schedule, labels: torch.Tensor, graphed) -> str:
+    """Same seed through the eager sampler and the CUDA-graph sampler, under bf16 autocast (as trials
+    sample) and in fp32: max |difference| and whether it is within GRAPH_TOLERANCE."""
+    from models.ddpm import GuidedSampler
+
+    dev = labels.device
+    was = model.training
+    model.eval()
+    parts = []
+    try:
+        for name, amp in (("bf16", True), ("fp32", False)):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                a, _ = GuidedSampler(model, schedule, cuda_graph=False).sample(labels, 1.0, generator=torch.Generator(dev).manual_seed(5))
+                b, _ = graphed.sample(labels, 1.0, generator=torch.Generator(dev).manual_seed(5))
+            diff = (a.float() - b.float()).abs().max().item()
+            rel = diff / max(a.float().abs().max().item(), 1e-6)
+            ok = "within" if rel <= GRAPH_TOLERANCE[name] else "OUTSIDE"
+            parts.append(f"{name} max |diff| = {diff:.2e} (relative {rel:.1e}, {ok} tolerance {GRAPH_TOLERANCE[name]:g})")
+    finally:
+        model.train(was)
+    return f"ddpm: CUDA graph vs eager sampler, {len(labels)} samples, T={schedule.T}, w=1, same seed: " + "; ".join(parts)
+
+
+def launch_workers(family: str, k: int, args, sz: Sizes) -> list[dict]:
+    """k gentune trials of `family` as separate processes, started together after a file barrier: one
+    result dict per trial, or [{"error": ...}] when a worker failed (its stderr's tail goes to stderr)."""
     barrier = Path(tempfile.mkdtemp(prefix="gentune-pack-"))
-    cmd = [sys.executable, "-m", "benchmarks.throughput", "--worker", family, "--device", "cuda", "--barrier", str(barrier),
+    cmd = [sys.executable, "-m", "benchmarks.throughput", "--worker", family, "--device", args.device, "--barrier", str(barrier),
            "--k", str(k), "--seconds", str(sz.pack_seconds)]
     if args.quick:
         cmd.append("--quick")
@@ -460,12 +520,23 @@ def launch_workers(family: str, k: int, args, sz: Sizes) -> list[dict] | None:
         cmd += ["--cache-dir", args.cache_dir]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
-    procs = [subprocess.Popen([*cmd, "--idx", str(i)], cwd=REPO, stdout=subprocess.PIPE, text=True) for i in range(k)]
+    errs = [barrier / f"stderr{i}.txt" for i in range(k)]  # files, not pipes: a full pipe would stall a worker
+    procs = []
+    for i in range(k):
+        with errs[i].open("w") as err:
+            procs.append(subprocess.Popen([*cmd, "--idx", str(i)], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True))
     out = []
-    for p in procs:
+    for i, p in enumerate(procs):
         stdout, _ = p.communicate(timeout=600)
         if p.returncode != 0:
-            return None
+            tail = errs[i].read_text().strip().splitlines()[-20:]
+            print(f"pack worker {family} {i + 1}/{k} exited {p.returncode}:\n" + "\n".join(tail), file=sys.stderr)
+            for q in procs:
+                q.kill()
+            for q in procs:
+                q.wait()
+            last = next((ln for ln in reversed(tail) if ln.strip()), "")
+            return [{"error": f"exit {p.returncode}: {last[:200]}"}]
         out.append(json.loads(stdout.strip().splitlines()[-1]))
     return out
 
@@ -474,8 +545,10 @@ def worker(args) -> None:
     """One packed trial: build gentune's trainer, warm up, wait at the barrier, train for --seconds."""
     b = Bench(args)
     sz, dev = b.sz, b.device
-    torch.cuda.reset_peak_memory_stats(dev)
-    chunk = 10
+    cuda = dev.type == "cuda"  # on the CPU (a smoke test of this path) there is no peak memory to read
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    chunk = 10 if not args.quick else 2
     if args.worker in ("gan-a", "gan-b"):
         tr = b.gan_trainer(args.worker[-1].upper(), chunk)
         per = chunk * sz.gan_batch
@@ -507,8 +580,8 @@ def worker(args) -> None:
         tr.train_epoch(1)  # ends with a host read: the work is done when it returns
         n += per
     elapsed = time.perf_counter() - t0
-    print(json.dumps({"img_s": n / elapsed, "peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
-                      "reserved_mb": torch.cuda.max_memory_reserved(dev) / 2**20}))
+    print(json.dumps({"img_s": n / elapsed, "peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else 0.0,
+                      "reserved_mb": torch.cuda.max_memory_reserved(dev) / 2**20 if cuda else 0.0}))
 
 
 # ----------------------------------------------------------------------------- profile (GAN B and bf16)
@@ -523,7 +596,7 @@ def profile_gan(args) -> None:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     for fam in args.profile.split(","):
         model = fam[-1].upper()
-        for amp in ("off", "on"):
+        for amp in args.profile_amp.split(","):
             tr = b.gan_trainer(model, 1)
             tr.cfg = dataclasses.replace(tr.cfg, amp=amp)
             x = tr.prep(b.faces(b.sz.gan_batch).to(dev).float().div_(127.5).sub_(1.0))
@@ -637,6 +710,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "machine without scikit-learn / scikit-image)")
     p.add_argument("--profile", default="", help="profile gentune's GAN step instead: gan-a,gan-b")
     p.add_argument("--rows", type=int, default=15, help="--profile: top ops shown")
+    p.add_argument("--profile-amp", default="off,on", help="--profile: autocast settings to profile (off = fp32, on = bf16)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--barrier", default="", help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)

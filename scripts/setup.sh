@@ -9,5 +9,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 # torch first, pinned to the local build: a bare `torch` requirement would pull a multi-GB CUDA wheel
 python -c "import torch, torchvision" 2>/dev/null || python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
-python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-python -c "import torch, ray, optuna, mlflow, pytorch_fid, dlib; print('gentune: environment ready in .venv')"
+# skip the editable install when pyproject.toml has not changed since the last one (a re-run takes seconds)
+STAMP=.venv/.gentune-pyproject.sha256
+if ! sha256sum -c --status "$STAMP" 2>/dev/null || ! python -c "import search.cli" 2>/dev/null; then
+  rm -f "$STAMP"
+  python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+fi
+python -c "import torch, ray, optuna, mlflow, pytorch_fid, dlib, search.cli; print('gentune: environment ready in .venv')"
+[ -f "$STAMP" ] || sha256sum pyproject.toml > "$STAMP"

@@ -271,8 +271,9 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
         for v in ends:
             _check_value(family, d.key, v, config)
     starts_raw = raw.get("start_from")
-    if smoke and isinstance(starts_raw, list):  # sizes fixed by --smoke are no longer searched
-        starts_raw = [{k: v for k, v in p.items() if k in search_raw} if isinstance(p, dict) else p for p in starts_raw]
+    fixed_now = set_keys | (set(SMOKE_CONFIG[family]) if smoke else set())
+    if isinstance(starts_raw, list):  # keys fixed by --set or --smoke are no longer searched
+        starts_raw = [{k: v for k, v in p.items() if k not in fixed_now} if isinstance(p, dict) else p for p in starts_raw]
     starts = parse_start_from(starts_raw, domains, family, config)
     metric, mode = DEFAULT_METRIC[family]
     metric = str(raw.get("metric", metric))
@@ -316,8 +317,8 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
         grace = rounded
     if smoke:
         gpu = gpu if _cuda_here() else 0.0
-    if smoke:
         trials = min(trials, 2)
+        starts = starts[:trials]
     name = plain_name(f"studies[{index}].name", raw.get("name", family)) if index >= 0 else str(family)  # a top-level `name` names the sweep
     if len(starts) > trials:
         raise SpecError(f"start_from: {len(starts)} configurations but budget.trials is {trials}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import textwrap
 from pathlib import Path
 
@@ -129,6 +130,8 @@ def test_start_from_is_validated() -> None:
         parse_spec({**s, "start_from": [{"lr": 0.5}]})
     with pytest.raises(SpecError, match=r"start_from\[0\].lamb: 'lamb' is not searched"):
         parse_spec({**s, "start_from": [{"lamb": 0.3}]})
+    # a searched key fixed with --set leaves the start points too
+    assert load_spec(SPECS / "ddpm.yaml", ["T=50"]).studies[0].start_from == ({"lr": 1e-4, "drop_prob": 0.1},)
 
 
 # --- DDPM guidance without peeking ---------------------------------------------------------------
@@ -256,3 +259,92 @@ def test_quickstart_ddpm_learns_readable_digits(tmp_path, cache_dir) -> None:
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["evaluator_val_acc"] > 0.9
     assert last["acc"] >= 0.25, last
+
+
+REAL_DANN = """
+name: real-dann
+seed: 0
+resources: {cpu: 1, gpu: 0}
+concurrency: 2
+studies:
+  - name: dann
+    family: dann
+    config: {mode: dann, epochs: 6, steps_per_epoch: 100, batch_size: 64, lr: 1.0e-3, eval_every: 2,
+             lambda_schedule: ramp, lamb: 0.3, source: SOURCE, target: TARGET}
+    search:
+      lamb: {loguniform: [0.1, 1.0]}
+    start_from: [{lamb: 0.3}]
+    budget: {trials: 2, grace_period: 6}
+  - name: source-only
+    family: dann
+    config: {mode: source-only, epochs: 6, steps_per_epoch: 100, batch_size: 64, lr: 1.0e-3, eval_every: 2,
+             source: SOURCE, target: TARGET}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_dann_beats_source_only_on_the_real_report_layout(tmp_path, cache_dir) -> None:
+    """dann.yaml's structure (a searched DANN study started from the report's lambda, beside its
+    source-only baseline) on the report's folder layout built from ../shared/datasets: the MNIST-M
+    subset as source, USPS as target."""
+    from benchmarks.gpu_check import build_report_layout
+    from tests.conftest import shared_datasets
+
+    shared = shared_datasets()
+    if not (shared / "mnist_m").is_dir() or not (shared / "usps" / "usps.t.bz2").is_file():
+        pytest.skip(f"real MNIST-M / USPS files are not in {shared}")
+    root = tmp_path / "hw2"
+    build_report_layout(shared, root)
+    spec = tmp_path / "real.yaml"
+    spec.write_text(REAL_DANN.replace("SOURCE", f"{{source: report, root: {root}, domain: mnistm}}")
+                    .replace("TARGET", f"{{source: report, root: {root}, domain: usps}}"))
+    p = gentune("sweep", str(spec), "--storage", str(tmp_path / "s"), "--quiet", check=False, timeout=3000)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = trial_runs(tmp_path / "s" / "real-dann")
+    acc = {}
+    for r in runs:
+        acc.setdefault(r.data.tags["gentune.study"], []).append(r.data.metrics["target_acc"])
+    print("real MNIST-M -> USPS target accuracy:", acc)
+    assert max(acc["dann"]) > acc["source-only"][0] + 0.02, acc
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_trials_waiting_for_resources_on_a_cluster_are_named(tmp_path, cache_dir) -> None:
+    """On a cluster (--address) the requests are kept (GPU nodes may join later), and trials that wait
+    for a GPU the cluster does not have are named in the live output and in `gentune status`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ray.cluster_utils import Cluster
+
+    from tests.conftest import REPO
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+    storage = tmp_path / "s"
+    env = {**os.environ, "GENTUNE_PENDING_WARN_S": "5"}
+    sets = [a for kv in ("epochs=2", "steps_per_epoch=2", "batch_size=16", "budget.trials=2") for a in ("--set", kv)]
+    cmd = [sys.executable, "-m", "search.cli", "sweep", str(SPECS / "dann.yaml"), *sets,  # the spec's gpu 0.25
+           "--address", cluster.address, "--storage", str(storage), "--quiet"]
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        waiting = storage / "dann" / "waiting.json"
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and not waiting.exists():
+            time.sleep(1)
+        assert waiting.exists(), p.communicate(timeout=30)[0][-3000:] if p.poll() is not None else "no waiting.json"
+        status = gentune("status", str(storage / "dann")).stdout
+        assert "waiting:" in status and "each asks CPU 2, GPU 0.25" in status and "GPU 0" in status, status
+    finally:
+        os.killpg(p.pid, signal.SIGINT)
+        try:
+            out = p.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out = p.communicate()[0]
+        cluster.shutdown()
+    assert "trial(s) of study dann waiting" in out and "GPU 0.25" in out, out[-3000:]

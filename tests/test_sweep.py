@@ -116,10 +116,16 @@ def test_sigint_then_resume_finishes_the_planned_set(tmp_path, cache_dir) -> Non
     finished_before = {t: v for t, v in result_epochs(root).items() if len(v) >= 3}
     os.kill(p.pid, signal.SIGINT)
     try:
-        p.communicate(timeout=120)
+        out = p.communicate(timeout=120)[0]
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
+        out = p.communicate()[0]
+    # an interrupt is not a success: exit 130, the resume command, and `status` agrees
+    assert p.returncode == 130, (p.returncode, out[-3000:])
+    assert "interrupted; resume with: gentune sweep" in out and "--resume" in out
+    status = gentune("status", str(root)).stdout
+    assert status.splitlines()[0].startswith("sweep small: interrupted"), status
+    assert json.loads((root / "sweep.json").read_text())["state"] == "interrupted"
     r = gentune("sweep", str(spec), "--storage", str(storage), "--resume", "--quiet", timeout=900)
     after = result_epochs(root)
     assert len(after) == 4, (r.stdout[-2000:], after)

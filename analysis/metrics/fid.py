@@ -189,7 +189,11 @@ def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with objects, not a torch file
-        raise GentuneError(f"cannot read FID weights file {path}: {e}") from e
+        # PyTorch's own message suggests weights_only=False, which would run code from the file: never pass it on
+        why = ("it holds pickled Python objects, which gentune does not load" if "Unsupported global" in str(e)
+               else "not a PyTorch checkpoint of tensors (truncated, or another kind of file)")
+        raise GentuneError(f"cannot read FID weights file {path}: {why}; expected pytorch-fid's Inception "
+                           f"weights from {FID_WEIGHTS_URL}") from e
     if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:
         raise GentuneError(
             f"FID weights file {path} is not pytorch-fid's Inception state dict "
@@ -239,8 +243,9 @@ def build_inception(
             _pfi.load_state_dict_from_url = _local
         try:
             model = InceptionV3([block], use_fid_inception=True)
-        except RuntimeError as e:  # load_state_dict key/shape mismatch
-            raise GentuneError(f"FID weights {weights} do not fit pytorch-fid's Inception: {e}") from e
+        except RuntimeError as e:  # load_state_dict key/shape mismatch: a multi-line message, keep its gist
+            detail = " ".join(line.strip() for line in str(e).strip().splitlines()[:2])[:300]
+            raise GentuneError(f"FID weights {weights} do not fit pytorch-fid's Inception ({detail})") from e
         finally:
             _pfi.load_state_dict_from_url = original
     return model.to(device).eval()

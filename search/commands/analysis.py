@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -20,11 +19,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from analysis.compare import compare
-    from analysis.sweepdata import Sweep
+    from analysis.sweepdata import Sweep, check_out_file
 
+    out = check_out_file(args.out) if args.out else None
     text = compare(Sweep(args.sweep, args.tracking_uri), args.format, args.study)
-    if args.out:
-        Path(args.out).expanduser().write_text(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
         print(f"compare: wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -33,9 +34,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from analysis.export import export_best, register_bundle
-    from analysis.sweepdata import Sweep
+    from analysis.sweepdata import ARTIFACTS, Sweep
 
     sweep = Sweep(args.sweep, args.tracking_uri)
+    if args.register:  # a copied or moved sweep folder logs into its own mlartifacts/, never the original's
+        moved = sweep.keep_artifacts_here("export without --register")
+        if moved and not args.quiet:
+            print(f"export: this sweep folder was copied or moved: its MLflow store now keeps artifacts in "
+                  f"{sweep.root / ARTIFACTS} (was {moved})", file=sys.stderr)
     trial, path = export_best(sweep, args.out, study=args.study, metric=args.metric, mode=args.mode,
                               trial_id=args.trial, force=args.force, quiet=args.quiet)
     print(f"export: trial {trial.trial_id} (study {trial.study}) -> {path}")
@@ -47,10 +53,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from analysis.export import generate_from_bundle, image_grid, save_png
+    from analysis.sweepdata import check_out_file
 
+    out = check_out_file(args.out, "--out", ".png")  # before sampling, which may take minutes
     b, x, used = generate_from_bundle(args.bundle, n=args.n, seed=args.seed, digit=args.digit, guidance=args.guidance,
                                       device=args.device, quiet=args.quiet)
-    out = Path(args.out).expanduser()
     save_png(image_grid(x, used["nrow"]), out)
     extra = f", w={used['w']:g}" if "w" in used else ""
     print(f"generate: {used['n']} {b.family} image(s) (seed {used['seed']}{extra}) -> {out}")
@@ -112,7 +119,7 @@ def register(sub) -> None:
     p.add_argument("--trial", default=None, metavar="ID", help="export this trial instead of the best one")
     p.add_argument("--register", default=None, metavar="NAME",
                    help="also log the bundle to the trial's MLflow run and add it as a new version of registered model NAME")
-    p.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
+    p.add_argument("--force", action="store_true", help="replace the bundle an earlier export wrote in --out (only its own files; other files make it refuse)")
     p.add_argument("--tracking-uri", default="", help=tracking)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_export)

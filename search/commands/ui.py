@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -45,32 +46,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- ui
 
 
-def _sqlite_file(uri: str) -> Path | None:
-    from analysis.status import _sqlite_path
-
-    return _sqlite_path(uri)
-
-
 def resolve_store(sweep: str | None, tracking_uri: str | None) -> tuple[str, str | None, Path | None]:
     """(backend store URI, experiment id or None, artifacts folder or None) for `gentune ui`."""
-    from analysis.status import read_sweep_json
+    from analysis.sweepdata import check_store, read_sweep_json, sqlite_path, tracking_uri_of
 
     if sweep:
         root = Path(sweep).expanduser().resolve()
         info = read_sweep_json(root)
-        uri = tracking_uri or info.get("tracking_uri") or ""
-        if not uri:
-            raise GentuneError(f"{root / 'sweep.json'} names no tracking_uri; pass --tracking-uri")
+        uri = tracking_uri or tracking_uri_of(root, info)  # a copied sweep folder serves its own store
         exp_id = str(info.get("experiment_id") or "") or None
         artifacts = root / "mlartifacts"
     elif tracking_uri:
         uri, exp_id, artifacts = tracking_uri, None, None
     else:
         raise GentuneError("give a sweep folder (e.g. runs/quickstart) or --tracking-uri URI")
-    db = _sqlite_file(uri)
+    db = sqlite_path(uri)
     if db is not None:
         if not db.exists():
             raise GentuneError(f"MLflow store {db} does not exist (has the sweep started tracking yet?)")
+        check_store(uri, "--tracking-uri" if tracking_uri else str(Path(sweep or ".") / "sweep.json"))
         if artifacts is None:
             artifacts = db.parent / "mlartifacts"
     elif uri.startswith("file:") or "://" not in uri:
@@ -84,8 +78,10 @@ def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
-        except OSError:
-            return False
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return False
+            raise GentuneError(f"cannot listen on {host}:{port} ({e.strerror or e}); check --host and --port") from None
     return True
 
 
@@ -155,7 +151,21 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
         pass
 
 
+def check_ui_args(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise GentuneError(f"--port must be 1-65535 (or 0 for a free one), got {args.port}")
+    if args.workers < 1:
+        raise GentuneError(f"--workers must be >= 1, got {args.workers}")
+    if not args.timeout > 0:  # (also nan)
+        raise GentuneError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    try:
+        socket.getaddrinfo(args.host, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise GentuneError(f"--host {args.host!r} is not an address of this machine ({e.strerror or e})") from None
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    check_ui_args(args)
     uri, exp_id, artifacts = resolve_store(args.sweep, args.tracking_uri)
     if uri.startswith(("http://", "https://")):
         # Already a server: nothing to start.
