@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from analysis.sweepdata import read_sweep_json, tracking_uri_of
+from analysis.sweepdata import read_sweep_json, sqlite_path, tracking_uri_of
 
 # What a trial came to, in the order they are listed.
 OUTCOMES = ("running", "pending", "completed", "early-stopped", "diverged", "error", "killed")
@@ -254,20 +254,10 @@ def read_ray_study(folder: Path) -> tuple[dict[str, dict[str, Any]], float | Non
     return trials, start, notes
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:"):
-        return None
-    p = urlparse(uri).path
-    # sqlite:////abs/path -> path "//abs/path"; sqlite:///rel -> "/rel"
-    if uri.startswith("sqlite:////"):
-        return Path(unquote(p[1:]))
-    return Path(unquote(p[1:])) if p.startswith("/") else Path(unquote(p))
-
-
 def read_mlflow(uri: str, experiment_id: str, sweep: str) -> tuple[list, list[str]]:
     """All runs of the sweep in its MLflow experiment (studies and trials), read-only; (runs, notes)."""
     notes: list[str] = []
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.exists():
         return [], [f"MLflow store {db} does not exist yet (nothing tracked)"]
     if uri.startswith("file:") and not Path(unquote(urlparse(uri).path)).exists():

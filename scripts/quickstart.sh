@@ -14,6 +14,8 @@ gentune report "$STORAGE/$NAME" --out "$STORAGE/$NAME/report"
 gentune export "$STORAGE/$NAME" --study dann --out "$STORAGE/$NAME/export/dann"
 gentune export "$STORAGE/$NAME" --study ddpm --out "$STORAGE/$NAME/export/ddpm"
 gentune generate "$STORAGE/$NAME/export/ddpm" --out "$STORAGE/$NAME/export/ddpm/samples.png" --n 20 --seed 0
+echo
+gentune summary "$STORAGE/$NAME"   # the final table: what each family reached
 cat <<MSG
 
 gentune quickstart finished. Where to look:

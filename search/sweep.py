@@ -447,8 +447,8 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
                 why = (" (metric auto: FID weights found)" if st.metric == "fid" else
                        " (metric auto: no FID weights found, see `gentune fid --help`)") if st.auto_metric else ""
                 print(f"gentune sweep: study {st.name} ({st.family}): {st.trials} trial(s), metric {st.metric} ({st.mode}){why}", file=sys.stderr)
-                for note in st.notes:
-                    print(f"gentune sweep: study {st.name}: {note}", file=sys.stderr)
+            for note in st.notes:  # what parsing changed is said even with --quiet
+                print(f"gentune sweep: study {st.name}: {note}", file=sys.stderr)
             grid, best = run_study(spec, st, root, uri, exp_id, resume, quiet)
             results[st.name] = (grid, best)
             states = trial_states(grid)
@@ -457,7 +457,9 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
                     failed.append((st.name, (r.metrics or {}).get("trial_id", "?"), error_line(str(r.error))))
                 elif is_failure((r.metrics or {}).get("stop_reason")):
                     failed.append((st.name, r.metrics.get("trial_id", "?"), r.metrics["stop_reason"]))
-            if any(v not in ("TERMINATED", "ERROR") for v in states.values()):
+            # interrupted: a trial left unfinished, or fewer trials made than planned (no time budget ended it)
+            if any(v not in ("TERMINATED", "ERROR") for v in states.values()) or (
+                    states and len(states) < st.trials and not st.time_budget_s):
                 interrupted = True
                 break
         if local:

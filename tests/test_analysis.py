@@ -103,7 +103,9 @@ def test_report_writes_every_figure_and_logs_them(smoke_sweep, sweep, tmp_path):
     assert "face rate" in md
     d = best["dann"]
     assert "Adaptation (DANN)" in md and f"{100 * d.value('target_acc'):.2f}%" in md
-    assert re.search(r"\| Trained on source \| - \|", md)  # the smoke sweep has no source-only trial
+    for mode, row in (("source-only", "Trained on source"), ("target-only", "Trained on target")):  # dann-baselines
+        base = sweep.best_trial("dann-baselines", where={"mode": mode})
+        assert base is not None and re.search(rf"\| {row} \| {100 * base.value('target_acc'):.2f}% \|", md), md
     for k, v in best["ddpm"].metrics.items():
         if k.startswith("acc_w"):
             assert f"| {float(k[5:]):g} | {100 * v:.2f}% |" in md

@@ -212,7 +212,7 @@ def test_dann_spec_with_eval_every_runs_and_asks_no_gpu_here(tmp_path, cache_dir
 
 @pytest.mark.ray
 def test_a_crashing_driver_is_one_line_with_the_traceback_in_a_log(tmp_path, cache_dir) -> None:
-    bad = f"sqlite:///{tmp_path}/no/such/dir/mlflow.db"
+    bad = f"sqlite:///{tmp_path}"  # a folder where the SQLite file should be: the driver's MLflow calls raise
     p = run_spec(tmp_path, "dann.yaml", ["epochs=1", "steps_per_epoch=1", "budget.trials=1"], "--smoke", "--tracking-uri", bad)
     assert p.returncode == 1, p.stderr[-2000:]
     line = [x for x in p.stderr.splitlines() if x.startswith("gentune sweep: error:")]
@@ -239,26 +239,15 @@ def test_diverged_trials_make_the_sweep_exit_nonzero(tmp_path, cache_dir) -> Non
                    "T=50", "budget.trials=2", "budget.grace_period=1", "guidance=[0.0,2.0]"]),
     ("seed.yaml", ["epochs=2", "eval_every=1", "steps_per_epoch=1", "batch_size=16", "n_eval=16", "n_per_digit=1",
                    "n_feat=16"]),
-    ("quickstart.yaml", ["epochs=2", "steps_per_epoch=2", "batch_size=16", "n_eval=16", "n_per_digit=1"]),
 ])
 def test_every_shipped_spec_runs_as_written(spec, sets, tmp_path, cache_dir) -> None:
+    """(quickstart.yaml runs as written, full size, in tests/test_readme.py::test_quickstart_script.)"""
     p = run_spec(tmp_path, spec, sets, timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
     root = next((tmp_path / "s").iterdir())
     runs = trial_runs(root)
     planned = sum(s.trials for s in load_spec(SPECS / spec, sets).studies)
     assert len(runs) == planned and all(r.info.status == "FINISHED" for r in runs)
-
-
-@pytest.mark.slow
-def test_quickstart_ddpm_learns_readable_digits(tmp_path, cache_dir) -> None:
-    """The quickstart's DDPM (scaled betas at T = 100, EMA) on the USPS-like demo, trained without Ray:
-    the digit evaluator reads its fresh samples well above chance (0.1)."""
-    out = tmp_path / "ddpm"
-    gentune("train", str(SPECS / "quickstart.yaml"), "--study", "ddpm", "--out", str(out), "--quiet", timeout=3000)
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["evaluator_val_acc"] > 0.9
-    assert last["acc"] >= 0.25, last
 
 
 REAL_DANN = """

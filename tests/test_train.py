@@ -23,9 +23,10 @@ def epochs_logged(out: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("family, extra", [
-    ("dann", ["--set", "steps_per_epoch=20"]),  # epochs long enough that SIGINT lands before the last one
-    ("gan", ["--set", "steps_per_epoch=20"]),
-    ("ddpm", ["--set", "steps_per_epoch=4"]),
+    # epochs long enough (each one evaluated) that SIGINT lands before the last one
+    ("dann", ["--set", "steps_per_epoch=20", "--set", "eval_every=1"]),
+    ("gan", ["--set", "steps_per_epoch=20", "--set", "eval_every=1"]),
+    ("ddpm", ["--set", "steps_per_epoch=4", "--set", "eval_every=1"]),
 ])
 def test_ctrl_c_then_rerun_resumes(family, extra, tmp_path, cache_dir) -> None:
     """Interrupted with SIGINT after the first checkpoint, the same command continues from that epoch."""
