@@ -255,19 +255,14 @@ name: real-dann
 seed: 0
 resources: {cpu: 1, gpu: 0}
 concurrency: 2
-studies:
-  - name: dann
-    family: dann
-    config: {mode: dann, epochs: 6, steps_per_epoch: 100, batch_size: 64, lr: 1.0e-3, eval_every: 2,
-             lambda_schedule: ramp, lamb: 0.3, source: SOURCE, target: TARGET}
-    search:
-      lamb: {loguniform: [0.1, 1.0]}
-    start_from: [{lamb: 0.3}]
-    budget: {trials: 2, grace_period: 6}
-  - name: source-only
-    family: dann
-    config: {mode: source-only, epochs: 6, steps_per_epoch: 100, batch_size: 64, lr: 1.0e-3, eval_every: 2,
-             source: SOURCE, target: TARGET}
+family: dann
+config: {mode: dann, epochs: 6, steps_per_epoch: 100, batch_size: 64, lr: 1.0e-3, eval_every: 2,
+         lambda_schedule: ramp, lamb: 0.3, source: SOURCE, target: TARGET}
+search:  # the baseline and DANN side by side, one per core; DANN's lambda searched from the report's 0.3
+  mode: {choice: [dann, source-only]}
+  lamb: {loguniform: [0.1, 1.0], when: {mode: dann}}
+start_from: [{mode: dann, lamb: 0.3}, {mode: source-only}]
+budget: {trials: 3, grace_period: 6}
 """
 
 
@@ -288,14 +283,15 @@ def test_dann_beats_source_only_on_the_real_report_layout(tmp_path, cache_dir) -
     spec = tmp_path / "real.yaml"
     spec.write_text(REAL_DANN.replace("SOURCE", f"{{source: report, root: {root}, domain: mnistm}}")
                     .replace("TARGET", f"{{source: report, root: {root}, domain: usps}}"))
-    p = gentune("sweep", str(spec), "--storage", str(tmp_path / "s"), "--quiet", check=False, timeout=3000)
+    p = gentune("sweep", str(spec), "--storage", str(tmp_path / "s"), "--quiet", check=False, timeout=2400)
     assert p.returncode == 0, p.stderr[-3000:]
     runs = trial_runs(tmp_path / "s" / "real-dann")
-    acc = {}
+    acc: dict[str, list[float]] = {}
     for r in runs:
-        acc.setdefault(r.data.tags["gentune.study"], []).append(r.data.metrics["target_acc"])
+        acc.setdefault(r.data.params["mode"], []).append(r.data.metrics["target_acc"])
     print("real MNIST-M -> USPS target accuracy:", acc)
-    assert max(acc["dann"]) > acc["source-only"][0] + 0.02, acc
+    # measured with these settings (seed 0): DANN (ramp to lambda 0.3) 0.72, source-only 0.16
+    assert max(acc["dann"]) > max(acc["source-only"]) + 0.1, acc
 
 
 @pytest.mark.slow
