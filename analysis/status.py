@@ -436,10 +436,11 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
             enough = st.planned is None or len(st.trials) >= st.planned
             st.state = "finished" if st.trials and not live and enough and not runs else "running"
         studies.append(st)
+    alive = driver_alive(root)
     out = SweepStatus(root=root, name=str(info.get("name") or root.name), tracking_uri=uri, experiment_id=exp_id,
                       started=_num(info.get("started")), studies=studies, now=now, notes=notes,
-                      driver_state=str(info.get("state") or ""), driver_alive=driver_alive(root),
-                      waiting=_waiting(root) if driver_alive(root) else "")
+                      driver_state=str(info.get("state") or ""), driver_alive=alive,
+                      waiting=_waiting(root) if alive else "")
     # Files written while we read may be a moment newer than `now`: never show a negative age.
     out.now = max(now, out.last_activity or now)
     return out

@@ -263,7 +263,7 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
             elif wk not in valid:
                 raise SpecError(f"search.{d.key}.when: {wk!r} is not a config key; valid keys: {', '.join(valid)}")
             else:
-                fixed = to_flat(cfg)[wk]
+                fixed = parsed[wk]
                 if fixed != wv:
                     raise SpecError(f"search.{d.key}.when: {wk} is fixed to {fixed!r}, never {wv!r}, "
                                     f"so {d.key} would never be sampled")

@@ -29,6 +29,18 @@ def gentune(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return p
 
 
+def interrupt(p: subprocess.Popen, group: bool = False) -> str:
+    """SIGINT to a running `gentune` (its whole process group with group=True), SIGKILL after 120 s; its output."""
+    import signal
+
+    (os.killpg if group else os.kill)(p.pid, signal.SIGINT)
+    try:
+        return p.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        return p.communicate()[0]
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One dataset/evaluator cache for the whole session (GENTUNE_CACHE), so demo data decodes once."""

@@ -299,14 +299,13 @@ def test_dann_beats_source_only_on_the_real_report_layout(tmp_path, cache_dir) -
 def test_trials_waiting_for_resources_on_a_cluster_are_named(tmp_path, cache_dir) -> None:
     """On a cluster (--address) the requests are kept (GPU nodes may join later), and trials that wait
     for a GPU the cluster does not have are named in the live output and in `gentune status`."""
-    import signal
     import subprocess
     import sys
     import time
 
     from ray.cluster_utils import Cluster
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, interrupt
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
     storage = tmp_path / "s"
@@ -325,11 +324,6 @@ def test_trials_waiting_for_resources_on_a_cluster_are_named(tmp_path, cache_dir
         status = gentune("status", str(storage / "dann")).stdout
         assert "waiting:" in status and "each asks CPU 2, GPU 0.25" in status and "GPU 0" in status, status
     finally:
-        os.killpg(p.pid, signal.SIGINT)
-        try:
-            out = p.communicate(timeout=120)[0]
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            out = p.communicate()[0]
+        out = interrupt(p, group=True)
         cluster.shutdown()
     assert "trial(s) of study dann waiting" in out and "GPU 0.25" in out, out[-3000:]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, gentune
+from tests.conftest import REPO, gentune, interrupt
 
 pytestmark = pytest.mark.ray
 
@@ -114,12 +113,7 @@ def test_sigint_then_resume_finishes_the_planned_set(tmp_path, cache_dir) -> Non
         time.sleep(0.5)
     assert p.poll() is None, p.communicate()[0][-3000:]
     finished_before = {t: v for t, v in result_epochs(root).items() if len(v) >= 3}
-    os.kill(p.pid, signal.SIGINT)
-    try:
-        out = p.communicate(timeout=120)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out = p.communicate()[0]
+    out = interrupt(p)
     # an interrupt is not a success: exit 130, the resume command, and `status` agrees
     assert p.returncode == 130, (p.returncode, out[-3000:])
     assert "interrupted; resume with: gentune sweep" in out and "--resume" in out
