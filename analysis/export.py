@@ -82,7 +82,7 @@ def build_models(family: str, cfg) -> dict[str, nn.Module]:
     if family == "gan":
         from models.gan import build_gan
 
-        g, d = build_gan(cfg.model)
+        g, d = build_gan(cfg.model, cfg.width)
         return {"G": g, "D": d}
     if family == "ddpm":
         from models.ddpm import DDPM

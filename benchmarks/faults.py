@@ -523,7 +523,10 @@ def divergence(workdir: Path, epochs: int = 3, timeout_s: float = 420) -> Outcom
     left = reap(tmp, 10)
     o.check(not left, f"Ray processes outlived the driver: {left}")
     shutil.rmtree(tmp, ignore_errors=True)
-    o.check(p.returncode == 0, f"sweep exited {p.returncode}: {tail(workdir / 'driver.log')}")
+    # every trial failed on purpose: the sweep completes, says so and exits 1 (failed trials are a failure)
+    log = (workdir / "driver.log").read_text(errors="replace") if (workdir / "driver.log").exists() else ""
+    o.check(p.returncode == 1 and "3 trial(s) failed" in log,
+            f"sweep exited {p.returncode}, expected 1 naming 3 failed trials: {tail(workdir / 'driver.log')}")
     root = storage / name
     if not (root / "sweep.json").exists():
         o.check(False, "no sweep folder")

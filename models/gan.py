@@ -116,11 +116,11 @@ class Discriminator(nn.Module):
 class GeneratorB(nn.Module):
     """Model B generator: Upsample(4) then four [Conv same, BN, ReLU, Dropout, PixelShuffle(2)] blocks."""
 
-    def __init__(self, nz: int = NZ, dropout: float = 0.2) -> None:
+    def __init__(self, nz: int = NZ, dropout: float = 0.2, width: int = 64) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Upsample(scale_factor=4.0)]
         c_in = nz
-        for c_out in (256, 256, 128, 128):
+        for c_out in (4 * width, 4 * width, 2 * width, 2 * width):  # the report's (256, 256, 128, 128) at width 64
             layers += [
                 nn.Conv2d(c_in, c_out, 3, 1, padding="same"),
                 nn.BatchNorm2d(c_out),
@@ -145,12 +145,16 @@ class GeneratorB(nn.Module):
         return "Generator"
 
 
-def build_gan(model: str) -> tuple[nn.Module, nn.Module]:
-    """(generator, discriminator) of model "A" or "B", initialised as the tutorial does."""
+def build_gan(model: str, width: int = 64) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) of model "A" or "B", initialised as the tutorial does.
+
+    `width` is DCGAN's ngf = ndf (the report's: 64); B's generator channels scale with it. A multiple of 4."""
+    if width < 4 or width % 4:
+        raise ValueError(f"GAN width must be a positive multiple of 4, got {width}")
     if model == "A":
-        g, d = Generator(), Discriminator()
+        g, d = Generator(ngf=width), Discriminator(ndf=width)
     elif model == "B":
-        g, d = GeneratorB(), Discriminator(spectral=True)
+        g, d = GeneratorB(width=width), Discriminator(ndf=width, spectral=True)
     else:
         raise ValueError(f"GAN model must be 'A' or 'B', got {model!r}")
     g.apply(dcgan_init)

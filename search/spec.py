@@ -20,7 +20,8 @@ from trainables.config import DataConfig, config_class, flat_keys, from_flat, to
 DOMAIN_KINDS = ("loguniform", "uniform", "int", "choice")
 STUDY_KEYS = ("name", "family", "config", "search", "start_from", "metric", "mode", "budget", "resources", "concurrency", "smoke")
 SWEEP_KEYS = ("name", "seed", "storage", "tracking_uri", "experiment", "studies", "max_failures")
-BUDGET_KEYS = ("trials", "grace_period", "reduction_factor", "time_budget_s")
+BUDGET_KEYS = ("trials", "scheduler", "grace_period", "reduction_factor", "time_budget_s")
+SCHEDULERS = ("asha", "fifo")  # asha: stop weak trials at evaluated epochs; fifo: every trial runs all its epochs
 RESOURCE_KEYS = ("cpu", "gpu")
 
 # --smoke: any spec shrunk in sizes only (epochs, steps, batch, evaluation sizes, T, width) to a run of
@@ -75,7 +76,8 @@ class Study:
     concurrency: int
     auto_metric: bool = False  # metric: auto was resolved (to fid or face_score)
     start_from: tuple[dict[str, Any], ...] = ()  # searched values of the first trials (the report's settings)
-    notes: tuple[str, ...] = ()  # what parsing changed, printed when the sweep starts  # metric: auto was resolved (to fid or face_score)
+    notes: tuple[str, ...] = ()  # what parsing changed, printed when the sweep starts
+    scheduler: str = "asha"  # one of SCHEDULERS
 
     @property
     def epochs(self) -> int:
@@ -280,7 +282,6 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     known = METRICS[family]
     if metric != "auto" and metric not in known and not (family == "ddpm" and metric.startswith("acc_w")):
         raise SpecError(f"metric: {family} trials do not report {metric!r}; expected one of {', '.join(['auto', *known] if family == 'gan' else known)}")
-    notes: list[str] = []
     auto = metric == "auto"
     if auto:  # FID where its weights are found (the report's measure), else face_score
         from trainables.fid import fid_weights_for
@@ -298,6 +299,13 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     grace = _int("budget.grace_period", budget.get("grace_period", cfg.eval_every))  # default: the first evaluation
     rf = _int("budget.reduction_factor", budget.get("reduction_factor", 3))
     tb = _num("budget.time_budget_s", budget.get("time_budget_s", 0))
+    sched = budget.get("scheduler", "asha")
+    if sched not in SCHEDULERS:
+        raise SpecError(f"budget.scheduler: {sched!r} is not a scheduler; expected one of {', '.join(SCHEDULERS)}")
+    notes: list[str] = []
+    if sched == "fifo" and ("grace_period" in budget or "reduction_factor" in budget):
+        notes.append("budget.grace_period/reduction_factor are ASHA's; ignored with scheduler fifo (every trial runs "
+                     "to its last epoch)")
     for name, val, ok in (("budget.trials", trials, trials >= 1), ("concurrency", conc, conc >= 1),
                           ("resources.cpu", cpu, cpu > 0), ("resources.gpu", gpu, gpu >= 0),
                           ("budget.grace_period", grace, grace >= 1), ("budget.reduction_factor", rf, rf >= 2),
@@ -306,7 +314,7 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
             raise SpecError(f"{name}: {val!r} is out of range")
     if "eval_every" in {d.key for d in domains} or "epochs" in {d.key for d in domains}:
         raise SpecError("search: epochs and eval_every cannot be searched (ASHA's rungs are epochs that were evaluated)")
-    if grace < cfg.epochs and grace % cfg.eval_every:
+    if sched == "asha" and grace < cfg.epochs and grace % cfg.eval_every:
         # ASHA judges trials at its rungs (grace * rf^k epochs): they must be evaluated epochs
         rounded = -(-grace // cfg.eval_every) * cfg.eval_every
         if rounded >= cfg.epochs:
@@ -322,7 +330,8 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     name = plain_name(f"studies[{index}].name", raw.get("name", family)) if index >= 0 else str(family)  # a top-level `name` names the sweep
     if len(starts) > trials:
         raise SpecError(f"start_from: {len(starts)} configurations but budget.trials is {trials}")
-    return Study(name, family, config, domains, metric, mode, trials, grace, rf, tb, cpu, gpu, conc, auto, starts, tuple(notes))
+    return Study(name, family, config, domains, metric, mode, trials, grace, rf, tb, cpu, gpu, conc, auto, starts, tuple(notes),
+                 sched)
 
 
 def _cuda_here() -> bool:

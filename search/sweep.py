@@ -148,7 +148,7 @@ def prepare(spec: Spec, quiet: bool) -> None:
 def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: bool, quiet: bool):
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from search.tracking import MlflowTrials, client, find_run
 
@@ -172,8 +172,11 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
         print(f"gentune sweep: resuming study {st.name} from {path}", file=sys.stderr)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=st.epochs, grace_period=min(st.grace_period, st.epochs),
-                                  reduction_factor=st.reduction_factor)
+        if st.scheduler == "fifo":
+            scheduler = FIFOScheduler()
+        else:
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=st.epochs, grace_period=min(st.grace_period, st.epochs),
+                                      reduction_factor=st.reduction_factor)
         if st.search:
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study it makes
             sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(2, min(10, st.trials // 2)))

@@ -52,7 +52,7 @@ def test_driver_loss_resume_reruns_nothing_finished(tmp_path, cache_dir):
 @pytest.mark.ray
 def test_divergence_and_collapse_are_stopped_and_recorded(tmp_path, cache_dir):
     """DANN NaN, GAN NaN and GAN mode collapse: each trial stops in epoch 1, FAILED with its reason in
-    MLflow and in `gentune compare`; the sweep itself succeeds."""
+    MLflow and in `gentune compare`; the sweep completes and exits 1 naming the failed trials."""
     o = faults.isolated("divergence", tmp_path / "divergence", timeout_s=480)
     assert not o.problems, explain(o)
     reasons = o.details["stop_reasons"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from models.ddpm import DDPM, GuidedSampler, NoiseSchedule
@@ -66,6 +67,14 @@ def test_gan_shapes_and_soft_labels() -> None:
         g, d = build_gan(model)
         x = g(torch.randn(3, 100, 1, 1))
         assert x.shape == (3, 3, 64, 64) and d(x).shape == (3,)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    for model in ("A", "B"):  # width: DCGAN's ngf = ndf; 64 is the report's, narrower is cheaper, same shapes
+        (g64, d64), (g32, d32) = build_gan(model), build_gan(model, 32)
+        x = g32(torch.randn(2, 100, 1, 1))
+        assert x.shape == (2, 3, 64, 64) and d32(x).shape == (2,)
+        assert params(g32) < params(g64) / 2.5 and params(d32) < params(d64) / 2.5
+    with pytest.raises(ValueError, match="width must be a positive multiple of 4"):
+        build_gan("A", 30)
     t = soft_targets(10000, 0.7, 1.03, torch.device("cpu"))
     assert 0.7 <= float(t.min()) and float(t.max()) <= 1.03
     real, fake = flip(torch.ones(10000), torch.zeros(10000), 0.1)

@@ -96,6 +96,16 @@ def test_grace_period_falls_on_evaluated_epochs() -> None:
         parse_spec(spec_of(config={"epochs": 5, "eval_every": 5}, budget={"grace_period": 2}))
 
 
+def test_scheduler_is_asha_or_fifo() -> None:
+    assert parse_spec(spec_of()).studies[0].scheduler == "asha"  # the default
+    st = parse_spec(spec_of(config={"epochs": 5, "eval_every": 5}, budget={"scheduler": "fifo"})).studies[0]
+    assert st.scheduler == "fifo" and not st.notes  # no ASHA rungs to round or refuse
+    with pytest.raises(SpecError, match="budget.scheduler: 'pbt' is not a scheduler; expected one of asha, fifo"):
+        parse_spec(spec_of(budget={"scheduler": "pbt"}))
+    st = parse_spec(spec_of(budget={"scheduler": "fifo", "grace_period": 1})).studies[0]  # e.g. --set on dann.yaml
+    assert "ignored with scheduler fifo" in st.notes[0]
+
+
 def test_metric_must_be_one_the_family_reports() -> None:
     with pytest.raises(SpecError, match="metric: dann trials do not report 'acc'"):
         parse_spec({"family": "dann", "metric": "acc"})
@@ -210,6 +220,21 @@ def test_dann_spec_with_eval_every_runs_and_asks_no_gpu_here(tmp_path, cache_dir
     assert json.loads((tmp_path / "s" / "dann" / "sweep.json").read_text())["state"] == "finished"
 
 
+@pytest.mark.ray
+def test_fifo_runs_every_trial_to_its_last_epoch(tmp_path, cache_dir) -> None:
+    """dann.yaml switched to fifo with --set: its ASHA settings are said to be ignored, no trial is stopped."""
+    p = run_spec(tmp_path, "dann.yaml", ["epochs=3", "eval_every=1", "steps_per_epoch=2", "budget.trials=2",
+                                         "budget.scheduler=fifo", "concurrency=1"], "--smoke")
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = trial_runs(tmp_path / "s" / "dann")
+    assert "ignored with scheduler fifo" in p.stderr
+    assert len(runs) == 2  # --smoke runs 2 trials at most
+    c = MlflowClient(json.loads((tmp_path / "s" / "dann" / "sweep.json").read_text())["tracking_uri"])
+    epochs = [[m.step for m in c.get_metric_history(r.info.run_id, "loss_cls")] for r in runs]
+    assert epochs == [[1, 2, 3], [1, 2, 3]], epochs
+
+
+@pytest.mark.slow  # 110 s: MLflow retries the unopenable SQLite file for 2 minutes before it raises
 @pytest.mark.ray
 def test_a_crashing_driver_is_one_line_with_the_traceback_in_a_log(tmp_path, cache_dir) -> None:
     bad = f"sqlite:///{tmp_path}"  # a folder where the SQLite file should be: the driver's MLflow calls raise

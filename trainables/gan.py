@@ -53,7 +53,7 @@ class GANTrainer(Base):
 
         self.fid_weights = fid_weights_for(cfg)  # fid: on without weights fails here, before any training
         self.train_set = self.data(cfg.data, "train", 64, "faces")
-        self.G, self.D = build_gan(cfg.model)
+        self.G, self.D = build_gan(cfg.model, cfg.width)
         self.place(self.G, self.D)
         self.opt_g = self.adam(self.G.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
         if cfg.d_optimizer == "sgd":
