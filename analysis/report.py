@@ -335,16 +335,23 @@ class Report:
                     scenarios.append(sc)
                 by_scenario.setdefault(sc, []).append(t)
                 key = (str(t.params.get("mode")), sc)
-                v = t.value("target_acc")
+                v = t.value("target_acc")  # chosen on the selection half ...
                 if key not in cells or v > cells[key][0] or (v == cells[key][0] and t.trial_id in tagged):  # type: ignore[operator]
                     cells[key] = (v, t)  # type: ignore[assignment]
         if not scenarios:
             s.note("No DANN trial finished with target_acc, so there is no table and no t-SNE.")
             return s
-        rows = [[label, *(pct(cells[(mode, sc)][0]) if (mode, sc) in cells else "-" for sc in scenarios)]
-                for mode, label in DANN_ROWS]
-        s.table(["", *scenarios], rows, "Target-domain validation accuracy (best finished trial per cell; "
-                                        "'-': no such trial in the sweep)")
+        def shown(mode: str, sc: str) -> str:  # ... reported on the test half (sweeps from before the split: the same number)
+            if (mode, sc) not in cells:
+                return "-"
+            t = cells[(mode, sc)][1]
+            test = t.value("target_test_acc")
+            return pct(test) if test is not None else pct(cells[(mode, sc)][0])
+
+        rows = [[label, *(shown(mode, sc) for sc in scenarios)] for mode, label in DANN_ROWS]
+        s.table(["", *scenarios], rows, "Target-domain test accuracy: the held-out half of the target validation "
+                                        "labels, of the trial ranked best on the other half (best finished trial per "
+                                        "cell; '-': no such trial in the sweep)")
         who = [f"{label} / {sc}: trial {cells[(mode, sc)][1].trial_id}" for mode, label in DANN_ROWS for sc in scenarios
                if (mode, sc) in cells]
         s.text("Cells from: " + "; ".join(who) + ".")
@@ -406,8 +413,9 @@ class Report:
         b = plots.tsne_scatter(emb, dom, [f"source: {src_name}", f"target: {tgt_name or '?'}"],
                                self.out / f"dann_{tag}_tsne_domain.png",
                                f"{scenario} ({mode}, trial {t.trial_id}): by domain")
-        acc = t.value("target_acc")
-        s.text(f"t-SNE of {scenario}: trial {t.trial_id} ({mode}), target accuracy {pct(acc)}, "
+        acc, test = t.value("target_acc"), t.value("target_test_acc")
+        accs = f"target accuracy {pct(acc)}" + (f" (selection half; test half {pct(test)})" if test is not None else "")
+        s.text(f"t-SNE of {scenario}: trial {t.trial_id} ({mode}), {accs}, "
                f"{len(hs)} source + {len(ht)} target validation images (512-d extractor features).")
         s.figure(a, f"{scenario}: t-SNE of validation features coloured by digit class (0-9)")
         s.figure(b, f"{scenario}: t-SNE of validation features coloured by domain (source vs target)")

@@ -43,7 +43,8 @@ def summary_rows(sweep: Sweep) -> list[list[str]]:
         if t is not None:
             domains = f"{t.params.get('source.domain', '?')} -> {t.params.get('target.domain', '?')}"
             rows.append(["dann", f"{m} ({domains})", t.trial_id,
-                         f"target acc {_f(t, 'target_acc')}, source acc {_f(t, 'source_acc')}"])
+                         f"target test acc {_f(t, 'target_test_acc')} (selection {_f(t, 'target_acc')}), "
+                         f"source acc {_f(t, 'source_acc')}"])
     return rows
 
 

@@ -280,6 +280,9 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     metric, mode = DEFAULT_METRIC[family]
     metric = str(raw.get("metric", metric))
     known = METRICS[family]
+    if family == "dann" and metric == "target_test_acc":
+        raise SpecError("metric: target_test_acc is the held-out half of the target labels, reported but never used "
+                        "to rank trials; rank on target_acc (the selection half) or source_acc (label-free)")
     if metric != "auto" and metric not in known and not (family == "ddpm" and metric.startswith("acc_w")):
         raise SpecError(f"metric: {family} trials do not report {metric!r}; expected one of {', '.join(['auto', *known] if family == 'gan' else known)}")
     auto = metric == "auto"

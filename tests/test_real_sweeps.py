@@ -106,6 +106,24 @@ def test_scheduler_is_asha_or_fifo() -> None:
     assert "ignored with scheduler fifo" in st.notes[0]
 
 
+def test_dann_ranks_on_the_selection_half_and_never_on_the_test_half() -> None:
+    from trainables.data import ImageSet
+    from trainables.dann import selection_and_test
+
+    imgs = ImageSet(torch.arange(101, dtype=torch.uint8).view(101, 1, 1, 1).expand(101, 3, 2, 2).contiguous(),
+                    torch.arange(101) % 10, "fp", "usps val")
+    sel, test = selection_and_test(imgs)
+    sel2, _ = selection_and_test(imgs)
+    ids = lambda s: set(s.images[:, 0, 0, 0].tolist())  # noqa: E731
+    assert len(sel) == 50 and len(test) == 51 and not ids(sel) & ids(test) and ids(sel) | ids(test) == set(range(101))
+    assert torch.equal(sel.images, sel2.images)  # the same halves for every trial
+    assert torch.equal(sel.labels, sel.images[:, 0, 0, 0].long() % 10)  # labels follow their images
+    dann = {"family": "dann", "config": {"epochs": 2}}
+    with pytest.raises(SpecError, match="target_test_acc is the held-out half"):
+        parse_spec({**dann, "metric": "target_test_acc"})
+    assert parse_spec(dann).studies[0].metric == "target_acc"
+
+
 def test_metric_must_be_one_the_family_reports() -> None:
     with pytest.raises(SpecError, match="metric: dann trials do not report 'acc'"):
         parse_spec({"family": "dann", "metric": "acc"})
@@ -234,7 +252,8 @@ def test_fifo_runs_every_trial_to_its_last_epoch(tmp_path, cache_dir) -> None:
     assert epochs == [[1, 2, 3], [1, 2, 3]], epochs
 
 
-@pytest.mark.slow  # 110 s: MLflow retries the unopenable SQLite file for 2 minutes before it raises
+@pytest.mark.slow
+@pytest.mark.long  # 110 s: MLflow retries the unopenable SQLite file for 2 minutes before it raises
 @pytest.mark.ray
 def test_a_crashing_driver_is_one_line_with_the_traceback_in_a_log(tmp_path, cache_dir) -> None:
     bad = f"sqlite:///{tmp_path}"  # a folder where the SQLite file should be: the driver's MLflow calls raise
@@ -292,6 +311,7 @@ budget: {trials: 3, grace_period: 6}
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 330 s
 @pytest.mark.ray
 def test_dann_beats_source_only_on_the_real_report_layout(tmp_path, cache_dir) -> None:
     """dann.yaml's structure (a searched DANN study started from the report's lambda, beside its

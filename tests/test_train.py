@@ -137,6 +137,7 @@ def test_debug_shows_traceback(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_dann_beats_source_only_on_demo_data(tmp_path, cache_dir) -> None:
     """150 steps on the demo digits (MNIST-M-like -> USPS-like): adaptation helps the target.
     With the paper's lambda ramp to 0.1 (measured, 1 thread, seeds 0/1: 0.631/0.656 vs source-only

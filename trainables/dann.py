@@ -4,11 +4,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from analysis.errors import DataError
 from models.dann import DANN, grad_reverse, lambda_at
 from trainables.common import Base, accuracy
 from trainables.config import DANNConfig
-from trainables.data import batches
+from trainables.data import ImageSet, batches
 from trainables.loop import autocast, check_finite
+
+SPLIT_SEED = 20240601  # fixed: every trial of every sweep sees the same selection / test halves
+
+
+def selection_and_test(images: ImageSet) -> tuple[ImageSet, ImageSet]:
+    """The labelled target split in two halves, the same for every trial and seed: trials are ranked on the
+    first (target_acc), the second (target_test_acc) is only reported, so a sweep's best is not chosen on
+    the number that describes it."""
+    if len(images) < 2:
+        raise DataError(f"{images.name}: {len(images)} labelled target validation image(s); DANN needs at least 2 "
+                        "(one half ranks trials, the other is the reported test accuracy)")
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED)).to(images.images.device)
+    half = len(images) // 2
+    parts = []
+    for name, idx in (("select", perm[:half].sort().values), ("test", perm[half:].sort().values)):
+        labels = None if images.labels is None else images.labels[idx]
+        parts.append(ImageSet(images.images[idx], labels, f"{images.fingerprint}:{name}", f"{images.name}[{name}]"))
+    return parts[0], parts[1]
 
 
 class DANNTrainer(Base):
@@ -21,6 +40,7 @@ class DANNTrainer(Base):
         self.tgt = self.data(cfg.target, "train", 32, "digits")
         self.src_val = self.data(cfg.source, "val", 32, "digits")
         self.tgt_val = self.data(cfg.target, "val", 32, "digits")
+        self.tgt_select, self.tgt_test = selection_and_test(self.tgt_val)
         self.model = DANN()
         self.place(self.model)
         m = self.model
@@ -90,7 +110,8 @@ class DANNTrainer(Base):
         dom_correct = int((m.domain(hs) > 0).sum()) + int((m.domain(ht) <= 0).sum())
         m.train()
         return {
-            "target_acc": accuracy(m, self.tgt_val, prep=self.prep),
+            "target_acc": accuracy(m, self.tgt_select, prep=self.prep),  # ranks trials
+            "target_test_acc": accuracy(m, self.tgt_test, prep=self.prep),  # reported, never ranks
             "source_acc": accuracy(m, self.src_val, prep=self.prep),
             "domain_acc": dom_correct / (len(hs) + len(ht)),
         }

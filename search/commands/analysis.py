@@ -44,7 +44,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                   f"{sweep.root / ARTIFACTS} (was {moved})", file=sys.stderr)
     trial, path = export_best(sweep, args.out, study=args.study, metric=args.metric, mode=args.mode,
                               trial_id=args.trial, force=args.force, quiet=args.quiet)
-    print(f"export: trial {trial.trial_id} (study {trial.study}) -> {path}")
+    test = trial.value("target_test_acc")  # DANN: the held-out half, never used to choose the trial
+    held_out = f"; target test accuracy {test:.3f}, held out from the choice" if test is not None else ""
+    print(f"export: trial {trial.trial_id} (study {trial.study}{held_out}) -> {path}")
     if args.register:
         mv = register_bundle(sweep.tracking_uri, path, trial.run_id, args.register)
         print(f"export: registered as model {args.register!r} version {mv.version} (models:/{args.register}/{mv.version})")
