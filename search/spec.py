@@ -253,6 +253,12 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     if smoke:  # a searched size is fixed to its smoke value; every other domain stays as written
         search_raw = {k: v for k, v in search_raw.items() if k not in SMOKE_CONFIG[family] or k in set_keys}
     domains = tuple(parse_domain(k, v, valid) for k, v in search_raw.items())
+    # a key fixed by --set to another value than a domain's `when` asks for: that domain is never sampled,
+    # as the user chose (e.g. --set model=A drops model B's label ranges); written in the spec, it is an error
+    unmet = [d for d in domains if any(wk in set_keys and parsed[wk] != wv for wk, wv in d.when)]
+    domains = tuple(d for d in domains if d not in unmet)
+    dropped = [f"search.{d.key} dropped: it is searched when {', '.join(f'{k}={v}' for k, v in d.when)}, and --set "
+               f"fixed {', '.join(f'{k}={parsed[k]}' for k, _ in d.when if k in set_keys)}" for d in unmet]
     for i, d in enumerate(domains):
         earlier = {e.key: e for e in domains[:i]}
         for wk, wv in d.when:
@@ -273,8 +279,10 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
         for v in ends:
             _check_value(family, d.key, v, config)
     starts_raw = raw.get("start_from")
-    fixed_now = set_keys | (set(SMOKE_CONFIG[family]) if smoke else set())
+    fixed_now = set_keys | (set(SMOKE_CONFIG[family]) if smoke else set()) | {d.key for d in unmet}
     if isinstance(starts_raw, list):  # keys fixed by --set or --smoke are no longer searched
+        # a point written for another value of a key now fixed by --set (the model B point under --set model=A) goes
+        starts_raw = [p for p in starts_raw if not isinstance(p, dict) or all(k not in set_keys or v == parsed[k] for k, v in p.items())]
         starts_raw = [{k: v for k, v in p.items() if k not in fixed_now} if isinstance(p, dict) else p for p in starts_raw]
     starts = parse_start_from(starts_raw, domains, family, config)
     metric, mode = DEFAULT_METRIC[family]
@@ -305,7 +313,7 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     sched = budget.get("scheduler", "asha")
     if sched not in SCHEDULERS:
         raise SpecError(f"budget.scheduler: {sched!r} is not a scheduler; expected one of {', '.join(SCHEDULERS)}")
-    notes: list[str] = []
+    notes: list[str] = dropped
     if sched == "fifo" and ("grace_period" in budget or "reduction_factor" in budget):
         notes.append("budget.grace_period/reduction_factor are ASHA's; ignored with scheduler fifo (every trial runs "
                      "to its last epoch)")

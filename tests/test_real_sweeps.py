@@ -76,6 +76,15 @@ def test_when_must_name_a_key_fixed_or_searched_earlier() -> None:
         parse_spec(unknown)
 
 
+def test_set_that_contradicts_a_when_drops_that_domain_and_its_start_point() -> None:
+    """`--set model=A` on a spec that searches model B's label ranges: those go (one note each), and so does
+    the start point written for model B; the same contradiction written in the spec stays an error."""
+    st = load_spec(SPECS / "quickstart.yaml", ["model=A"]).studies[0]
+    assert [d.key for d in st.search] == ["lr_g", "lr_d", "d_optimizer"]
+    assert st.start_from == ({"lr_g": 2.0e-4, "lr_d": 2.0e-4, "d_optimizer": "adam"},)
+    assert "search.real_label_lo dropped: it is searched when model=B, and --set fixed model=A" in st.notes
+
+
 def test_define_by_run_reads_defaults_and_earlier_keys() -> None:
     import optuna
 
@@ -242,7 +251,8 @@ def test_dann_spec_with_eval_every_runs_and_asks_no_gpu_here(tmp_path, cache_dir
 def test_fifo_runs_every_trial_to_its_last_epoch(tmp_path, cache_dir) -> None:
     """dann.yaml switched to fifo with --set: its ASHA settings are said to be ignored, no trial is stopped."""
     p = run_spec(tmp_path, "dann.yaml", ["epochs=3", "eval_every=1", "steps_per_epoch=2", "budget.trials=2",
-                                         "budget.scheduler=fifo", "concurrency=1"], "--smoke")
+                                         "budget.scheduler=fifo", "concurrency=1"], "--smoke",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db")  # its own store: only this sweep's runs
     assert p.returncode == 0, p.stderr[-3000:]
     runs = trial_runs(tmp_path / "s" / "dann")
     assert "ignored with scheduler fifo" in p.stderr
