@@ -280,10 +280,11 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
             _check_value(family, d.key, v, config)
     starts_raw = raw.get("start_from")
     fixed_now = set_keys | (set(SMOKE_CONFIG[family]) if smoke else set()) | {d.key for d in unmet}
-    if isinstance(starts_raw, list):  # keys fixed by --set or --smoke are no longer searched
-        # a point written for another value of a key now fixed by --set (the model B point under --set model=A) goes
-        starts_raw = [p for p in starts_raw if not isinstance(p, dict) or all(k not in set_keys or v == parsed[k] for k, v in p.items())]
-        starts_raw = [{k: v for k, v in p.items() if k not in fixed_now} if isinstance(p, dict) else p for p in starts_raw]
+    if isinstance(starts_raw, list):  # keys fixed by --set or --smoke are no longer searched; a point written
+        # for the branch --set ruled out (the model B point under --set model=A: `model` decides a dropped domain) goes
+        branch = {wk for d in unmet for wk, _ in d.when}
+        starts_raw = [{k: v for k, v in p.items() if k not in fixed_now} if isinstance(p, dict) else p for p in starts_raw
+                      if not isinstance(p, dict) or all(k not in branch or v == parsed[k] for k, v in p.items())]
     starts = parse_start_from(starts_raw, domains, family, config)
     metric, mode = DEFAULT_METRIC[family]
     metric = str(raw.get("metric", metric))
@@ -313,7 +314,7 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     sched = budget.get("scheduler", "asha")
     if sched not in SCHEDULERS:
         raise SpecError(f"budget.scheduler: {sched!r} is not a scheduler; expected one of {', '.join(SCHEDULERS)}")
-    notes: list[str] = dropped
+    notes = list(dropped)
     if sched == "fifo" and ("grace_period" in budget or "reduction_factor" in budget):
         notes.append("budget.grace_period/reduction_factor are ASHA's; ignored with scheduler fifo (every trial runs "
                      "to its last epoch)")
