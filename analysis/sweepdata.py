@@ -402,7 +402,7 @@ class Sweep:
         if not exp.is_dir():
             return out
         for d in sorted(p for p in exp.iterdir() if p.is_dir()):
-            tid = _trial_id_of(d)
+            tid = trial_id_of(d)
             if tid:
                 out[tid] = d
         return out
@@ -424,7 +424,7 @@ class Sweep:
         return load_checkpoint(self.checkpoint_path(trial), trial.family or None)
 
 
-def _trial_id_of(d: Path) -> str | None:
+def trial_id_of(d: Path) -> str | None:
     """A Ray trial folder's trial id: from its result.json, else from its name (<trainable>_<id>_<n>_...)."""
     res = d / "result.json"
     if res.is_file():

@@ -20,8 +20,14 @@ from trainables.config import DataConfig, config_class, flat_keys, from_flat, to
 DOMAIN_KINDS = ("loguniform", "uniform", "int", "choice")
 STUDY_KEYS = ("name", "family", "config", "search", "start_from", "metric", "mode", "budget", "resources", "concurrency", "smoke")
 SWEEP_KEYS = ("name", "seed", "storage", "tracking_uri", "experiment", "studies", "max_failures")
-BUDGET_KEYS = ("trials", "scheduler", "grace_period", "reduction_factor", "time_budget_s")
-SCHEDULERS = ("asha", "fifo")  # asha: stop weak trials at evaluated epochs; fifo: every trial runs all its epochs
+BUDGET_KEYS = ("trials", "scheduler", "searcher", "grace_period", "reduction_factor", "perturbation_interval", "time_budget_s")
+# asha: stop weak trials at evaluated epochs; fifo: every trial runs all its epochs; pbt: population-based
+# training (the GAN family): at evaluated epochs the worst trials continue from the best ones' checkpoints
+# with perturbed learning rates and label ranges
+SCHEDULERS = ("asha", "fifo", "pbt")
+SEARCHERS = ("tpe", "random")  # Optuna's TPE (seeded) or its random sampler, both with the `when` conditions
+# what PBT may change in a running trial: read by the trainer each step, or re-applied to its optimizers on restore
+PBT_MUTABLE = {"gan": ("lr_g", "lr_d", "real_label_lo", "real_label_hi", "fake_label_lo", "fake_label_hi", "label_flip")}
 RESOURCE_KEYS = ("cpu", "gpu")
 
 # --smoke: any spec shrunk in sizes only (epochs, steps, batch, evaluation sizes, T, width) to a run of
@@ -39,7 +45,8 @@ DEFAULT_METRIC = {"gan": ("auto", "max"), "ddpm": ("acc", "max"), "dann": ("targ
 METRICS = {  # what each family reports at evaluation epochs, and the direction that is better
     "gan": {"fid": "min", "face_score": "max", "face_rate": "max", "diversity": "max"},
     "ddpm": {"acc": "max"},
-    "dann": {"target_acc": "max", "source_acc": "max", "domain_acc": "min"},
+    # source_acc and dev_risk (deep embedded validation) select without target labels
+    "dann": {"target_acc": "max", "source_acc": "max", "dev_risk": "min", "domain_acc": "min"},
 }
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -78,6 +85,9 @@ class Study:
     start_from: tuple[dict[str, Any], ...] = ()  # searched values of the first trials (the report's settings)
     notes: tuple[str, ...] = ()  # what parsing changed, printed when the sweep starts
     scheduler: str = "asha"  # one of SCHEDULERS
+    searcher: str = "tpe"  # one of SEARCHERS; "random" is Tune's own sampling under pbt
+    perturbation_interval: int = 0  # pbt: epochs between exploit/explore steps (a multiple of eval_every)
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of each objective; metric/mode are the first
 
     @property
     def epochs(self) -> int:
@@ -286,22 +296,8 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
         starts_raw = [{k: v for k, v in p.items() if k not in fixed_now} if isinstance(p, dict) else p for p in starts_raw
                       if not isinstance(p, dict) or all(k not in branch or v == parsed[k] for k, v in p.items())]
     starts = parse_start_from(starts_raw, domains, family, config)
-    metric, mode = DEFAULT_METRIC[family]
-    metric = str(raw.get("metric", metric))
-    known = METRICS[family]
-    if family == "dann" and metric == "target_test_acc":
-        raise SpecError("metric: target_test_acc is the held-out half of the target labels, reported but never used "
-                        "to rank trials; rank on target_acc (the selection half) or source_acc (label-free)")
-    if metric != "auto" and metric not in known and not (family == "ddpm" and metric.startswith("acc_w")):
-        raise SpecError(f"metric: {family} trials do not report {metric!r}; expected one of {', '.join(['auto', *known] if family == 'gan' else known)}")
-    auto = metric == "auto"
-    if auto:  # FID where its weights are found (the report's measure), else face_score
-        from trainables.fid import fid_weights_for
-
-        metric = "fid" if fid_weights_for(cfg) else "face_score"
-    mode = str(raw.get("mode", known.get(metric, mode))) if not auto else known[metric]
-    if mode not in ("min", "max"):
-        raise SpecError(f"mode: expected 'min' or 'max', got {mode!r}")
+    objectives, auto = parse_objectives(family, raw, cfg)
+    metric, mode = objectives[0]
     budget = _check_keys("budget", raw.get("budget"), BUDGET_KEYS)
     res = _check_keys("resources", raw.get("resources") or defaults.get("resources"), RESOURCE_KEYS)
     trials = _int("budget.trials", budget.get("trials", 1 if not domains else 8))
@@ -311,13 +307,24 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     grace = _int("budget.grace_period", budget.get("grace_period", cfg.eval_every))  # default: the first evaluation
     rf = _int("budget.reduction_factor", budget.get("reduction_factor", 3))
     tb = _num("budget.time_budget_s", budget.get("time_budget_s", 0))
-    sched = budget.get("scheduler", "asha")
+    sched = budget.get("scheduler", "asha" if len(objectives) == 1 else "fifo")
     if sched not in SCHEDULERS:
         raise SpecError(f"budget.scheduler: {sched!r} is not a scheduler; expected one of {', '.join(SCHEDULERS)}")
+    searcher = budget.get("searcher", "random" if sched == "pbt" else "tpe")
+    if searcher not in SEARCHERS:
+        raise SpecError(f"budget.searcher: {searcher!r} is not a searcher; expected one of {', '.join(SEARCHERS)}")
+    if len(objectives) > 1 and sched != "fifo":
+        raise SpecError(f"budget.scheduler {sched}: it ranks trials on one metric, and this study has "
+                        f"{len(objectives)} ({', '.join(m for m, _ in objectives)}); use scheduler fifo (the default then)")
+    pi = _int("budget.perturbation_interval", budget.get("perturbation_interval", cfg.eval_every))
+    if sched == "pbt":
+        check_pbt(family, domains, searcher, pi, cfg)
+    elif "perturbation_interval" in budget:
+        raise SpecError(f"budget.perturbation_interval is PBT's; scheduler {sched} has none")
     notes = list(dropped)
-    if sched == "fifo" and ("grace_period" in budget or "reduction_factor" in budget):
-        notes.append("budget.grace_period/reduction_factor are ASHA's; ignored with scheduler fifo (every trial runs "
-                     "to its last epoch)")
+    if sched != "asha" and ("grace_period" in budget or "reduction_factor" in budget):
+        notes.append(f"budget.grace_period/reduction_factor are ASHA's; ignored with scheduler {sched}"
+                     + (" (every trial runs to its last epoch)" if sched == "fifo" else ""))
     for name, val, ok in (("budget.trials", trials, trials >= 1), ("concurrency", conc, conc >= 1),
                           ("resources.cpu", cpu, cpu > 0), ("resources.gpu", gpu, gpu >= 0),
                           ("budget.grace_period", grace, grace >= 1), ("budget.reduction_factor", rf, rf >= 2),
@@ -343,7 +350,69 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     if len(starts) > trials:
         raise SpecError(f"start_from: {len(starts)} configurations but budget.trials is {trials}")
     return Study(name, family, config, domains, metric, mode, trials, grace, rf, tb, cpu, gpu, conc, auto, starts, tuple(notes),
-                 sched)
+                 sched, searcher, pi if sched == "pbt" else 0, objectives)
+
+
+def parse_objectives(family: str, raw: dict, cfg) -> tuple[tuple[tuple[str, str], ...], bool]:
+    """`metric:` one name, or a list of two or more (a multi-objective study: Optuna's multi-objective TPE
+    and FIFO; `mode:` then a list of the same length, or each metric's usual direction)."""
+    known = METRICS[family]
+    metric_raw = raw.get("metric", DEFAULT_METRIC[family][0])
+    mode_raw = raw.get("mode")
+    many = isinstance(metric_raw, list)
+    names = [str(m) for m in metric_raw] if many else [str(metric_raw)]
+    if many and (len(names) < 2 or len(set(names)) != len(names)):
+        raise SpecError(f"metric: a list needs two or more different metrics, got {metric_raw}")
+    if many and mode_raw is not None and (not isinstance(mode_raw, list) or len(mode_raw) != len(names)):
+        raise SpecError(f"mode: with {len(names)} metrics, give a list of {len(names)} modes (min or max), or none")
+    if not many and isinstance(mode_raw, list):
+        raise SpecError("mode: a list of modes needs a list of metrics")
+    modes = mode_raw if many else [mode_raw]
+    out, auto = [], False
+    for i, metric in enumerate(names):
+        where = f"metric[{i}]" if many else "metric"
+        if family == "dann" and metric == "target_test_acc":
+            raise SpecError(f"{where}: target_test_acc is the held-out half of the target labels, reported but never used "
+                            "to rank trials; rank on target_acc (the selection half), source_acc or dev_risk (label-free)")
+        if metric != "auto" and metric not in known and not (family == "ddpm" and metric.startswith("acc_w")):
+            raise SpecError(f"{where}: {family} trials do not report {metric!r}; expected one of "
+                            f"{', '.join(['auto', *known] if family == 'gan' else known)}")
+        mode = modes[i] if modes[i] is not None and metric != "auto" else None
+        if metric == "auto":  # FID where its weights are found (the report's measure), else face_score
+            from trainables.fid import fid_weights_for
+
+            metric, auto = ("fid" if fid_weights_for(cfg) else "face_score"), True
+        mode = str(mode if mode is not None else known.get(metric, "max"))
+        if mode not in ("min", "max"):
+            raise SpecError(f"mode: expected 'min' or 'max', got {mode!r}")
+        out.append((metric, mode))
+    if len({m for m, _ in out}) != len(out):
+        raise SpecError(f"metric: {names} name the same metric twice once auto is resolved ({out[0][0]})")
+    return tuple(out), auto
+
+
+def check_pbt(family: str, domains: tuple[Domain, ...], searcher: str, interval: int, cfg) -> None:
+    """What scheduler pbt can run: a family whose trainer takes new hyperparameters mid-run, Tune's random
+    sampling (PBT picks the next configurations itself), no `when` on a searched key (Tune's sampling has
+    no conditions), and perturbations at evaluated epochs."""
+    if family not in PBT_MUTABLE:
+        raise SpecError(f"budget.scheduler pbt: only the {', '.join(PBT_MUTABLE)} family's trainer takes new learning "
+                        f"rates mid-run; use asha or fifo for {family}")
+    if searcher != "random":
+        raise SpecError(f"budget.searcher {searcher} with scheduler pbt: PBT chooses configurations itself (it copies and "
+                        "perturbs the best trials); use searcher random, the default with pbt")
+    searched = {d.key for d in domains}
+    for d in domains:
+        for wk, _ in d.when:
+            if wk in searched:
+                raise SpecError(f"search.{d.key}.when: scheduler pbt samples with Tune's random search, which has no "
+                                f"conditions; fix {wk} (e.g. --set {wk}=...) or drop the condition")
+    if not any(d.key in PBT_MUTABLE[family] and d.kind in ("uniform", "loguniform") for d in domains):
+        raise SpecError(f"budget.scheduler pbt: nothing to perturb; search at least one of {', '.join(PBT_MUTABLE[family])} "
+                        "with uniform or loguniform")
+    if interval < 1 or interval % cfg.eval_every or interval >= cfg.epochs:
+        raise SpecError(f"budget.perturbation_interval: {interval} must be a multiple of eval_every ({cfg.eval_every}) "
+                        f"below epochs ({cfg.epochs}): PBT compares trials at evaluated epochs")
 
 
 def _cuda_here() -> bool:

@@ -17,35 +17,50 @@ from pathlib import Path
 from typing import Any
 
 from analysis.errors import SpecError
-from search.spec import Domain, Spec, Study
+from search.spec import PBT_MUTABLE, Domain, Spec, Study
 
 CHECKPOINT = "checkpoint.pt"
 
 
-def run_trial(config: dict[str, Any], family: str) -> None:
-    """The Tune function trainable: resume from Tune's checkpoint, report every epoch with a checkpoint."""
+def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = (), checkpoint_every: int = 1) -> None:
+    """The Tune function trainable: resume from Tune's checkpoint, report every epoch, with a checkpoint
+    every `checkpoint_every` epochs (1; PBT's perturbation interval) and at the last.
+
+    Each checkpoint names the trial that wrote it and the trials its weights came from: under PBT a
+    trial may be restored from another trial's checkpoint (with the `mutable` keys perturbed); its first
+    result then says whose (exploited_from, at epoch exploited_epoch) for MLflow's lineage tag."""
     from ray import tune
     from PIL import Image
 
     from trainables.loop import Epoch, fit, load_checkpoint, save_checkpoint
 
-    resume = None
+    me = tune.get_context().get_trial_id() or ""
+    resume, lineage, came = None, [], {}
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = load_checkpoint(Path(d) / CHECKPOINT, family)
+        lineage = [list(x) for x in resume.get("lineage", [])]
+        donor = resume.get("trial_id")
+        if donor and donor != me:
+            lineage.append([int(resume["epoch"]), str(donor)])
+            came = {"exploited_from": str(donor), "exploited_epoch": int(resume["epoch"])}
 
     def sink(e: Epoch) -> None:
+        metrics = {**e.metrics, **came}
+        came.clear()
+        if e.stop_reason:
+            metrics["stop_reason"] = e.stop_reason
+        if e.epoch % checkpoint_every and not e.stop_reason and e.epoch < int(config["epochs"]):
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(e.checkpoint, Path(d) / CHECKPOINT)
+            save_checkpoint({**e.checkpoint, "trial_id": me, "lineage": lineage}, Path(d) / CHECKPOINT)
             if e.grid is not None:
                 Image.fromarray(e.grid.permute(1, 2, 0).numpy()).save(Path(d) / "samples.png")
-            metrics = dict(e.metrics)
-            if e.stop_reason:
-                metrics["stop_reason"] = e.stop_reason
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    fit(family, config, sink, resume=resume, quiet=True)
+    fit(family, config, sink, resume=resume, quiet=True, mutable=mutable)
 
 
 def evaluated_optuna_search(**kwargs):
@@ -64,7 +79,7 @@ def evaluated_optuna_search(**kwargs):
 
     class EvaluatedOptunaSearch(OptunaSearch):
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result:
+            if all(m in result for m in (self.metric if isinstance(self.metric, list) else [self.metric])):
                 super().on_trial_result(trial_id, result)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -149,7 +164,7 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from search.tracking import MlflowTrials, client, find_run
 
     parent = find_run(uri, exp_id, sweep=spec.name, study=st.name, kind="study")
@@ -158,39 +173,61 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
         parent = c.create_run(exp_id, run_name=st.name, tags={
             "gentune.sweep": spec.name, "gentune.study": st.name, "gentune.kind": "study", "gentune.family": st.family,
             "gentune.metric": st.metric, "gentune.mode": st.mode, "gentune.storage": f"{root}/{st.name}",
+            "gentune.objectives": ",".join(f"{m}:{mode}" for m, mode in st.objectives),
         })
         c.log_text(parent.info.run_id, json.dumps(spec.source, indent=2, default=str), "spec.json")
     else:
         c.update_run(parent.info.run_id, status="RUNNING")
     pid = parent.info.run_id
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, family=st.family), {"cpu": st.cpu, "gpu": st.gpu})
-    callbacks = [MlflowTrials(uri, exp_id, pid, spec.name, st.name, st.family, st.epochs),
+    mutable = tuple(d.key for d in st.search if d.key in PBT_MUTABLE.get(st.family, ()) and d.kind != "choice") \
+        if st.scheduler == "pbt" else ()
+    pbt = st.scheduler == "pbt"
+    trainable = tune.with_resources(tune.with_parameters(run_trial, family=st.family, mutable=mutable,
+                                                         checkpoint_every=st.perturbation_interval if pbt else 1),
+                                    {"cpu": st.cpu, "gpu": st.gpu})
+    callbacks = [MlflowTrials(uri, exp_id, pid, spec.name, st.name, st.family, st.epochs, watch=mutable),
                  pending_watch(st.name, root if "://" not in root else None)]
     path = f"{root}/{st.name}"
+    multi = len(st.objectives) > 1
     if resume and tune.Tuner.can_restore(path):
         print(f"gentune sweep: resuming study {st.name} from {path}", file=sys.stderr)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
+        param_space: dict[str, Any] = {}
         if st.scheduler == "fifo":
             scheduler = FIFOScheduler()
+        elif pbt:
+            scheduler = pbt_scheduler(st, mutable)
         else:
             scheduler = ASHAScheduler(time_attr="epoch", max_t=st.epochs, grace_period=min(st.grace_period, st.epochs),
                                       reduction_factor=st.reduction_factor)
-        if st.search:
+        if pbt:  # Tune's seeded random sampling: PBT then copies and perturbs
+            search = BasicVariantGenerator(points_to_evaluate=[dict(p) for p in st.start_from] or None,
+                                           random_state=spec.seed, max_concurrent=st.concurrency)
+            param_space = {**st.config, **{d.key: tune_domain(d) for d in st.search}}
+        elif st.search:
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study it makes
-            sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(2, min(10, st.trials // 2)))
-            searcher = evaluated_optuna_search(space=DefineByRun(st.search, dict(st.config), full_config(st)), metric=st.metric,
-                                               mode=st.mode, sampler=sampler, points_to_evaluate=[dict(p) for p in st.start_from] or None)
+            if st.searcher == "random":
+                sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+            else:
+                sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(2, min(10, st.trials // 2)))
+            metrics = [m for m, _ in st.objectives] if multi else st.metric
+            modes = [m for _, m in st.objectives] if multi else st.mode
+            searcher = evaluated_optuna_search(
+                space=DefineByRun(st.search, dict(st.config), full_config(st)), metric=metrics, mode=modes, sampler=sampler,
+                points_to_evaluate=[dict(p) for p in st.start_from] or None,
+                storage=optuna_storage(root), study_name=st.name)
             search = ConcurrencyLimiter(searcher, st.concurrency)
-            param_space: dict[str, Any] = {}
         else:
             search, param_space = None, dict(st.config)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=st.metric, mode=st.mode, search_alg=search, scheduler=scheduler, num_samples=st.trials,
+                # a multi-objective study: the searcher holds the metrics, the FIFO scheduler needs none
+                metric=None if multi else st.metric, mode=None if multi else st.mode, search_alg=search,
+                scheduler=scheduler, num_samples=st.trials,
                 # the ConcurrencyLimiter bounds a searched study; Tune's own cap bounds the others
                 max_concurrent_trials=None if search is not None else st.concurrency, time_budget_s=st.time_budget_s or None,
             ),
@@ -200,7 +237,9 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
                 # num_to_keep=1: Tune then saves its experiment state with every trial checkpoint (it
                 # forces a save every num_to_keep checkpoints), so after a driver crash `--resume` never
                 # reruns a trial that had finished, nor restarts one from an older checkpoint than its last.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # PBT checkpoints at perturbations only and keeps more: a trial waiting to continue from
+                # another's checkpoint waits at most a round of the others (trials / concurrency intervals).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=-(-st.trials // st.concurrency) + 2 if pbt else 1),
             ),
         )
     grid = tuner.fit()
@@ -211,10 +250,84 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
         pass
     if best is not None and best.metrics and st.metric in best.metrics:
         c.log_metric(pid, f"best_{st.metric}", float(best.metrics[st.metric]))
-        c.set_tag(pid, "gentune.best_trial_id", best.metrics.get("trial_id", ""))
+        c.set_tag(pid, "gentune.best_trial_id", result_trial_id(best))
         c.log_text(pid, json.dumps(best.config, indent=2, default=str), "best_config.json")
+    if multi:
+        tag_pareto(c, pid, grid, st.objectives,
+                   lambda tid: find_run(uri, exp_id, sweep=spec.name, study=st.name, trial_id=tid))
     c.set_terminated(pid, status="FINISHED")
     return grid, best
+
+
+def tune_domain(d: Domain):
+    from ray import tune
+
+    if d.kind == "loguniform":
+        return tune.loguniform(*d.args)
+    if d.kind == "uniform":
+        return tune.uniform(*d.args)
+    if d.kind == "int":
+        return tune.randint(d.args[0], d.args[1] + 1)
+    return tune.choice(list(d.args))
+
+
+def pbt_scheduler(st: Study, mutable: tuple[str, ...]):
+    """Ray's PBT over the study's float domains: every `perturbation_interval` (evaluated) epochs a trial in
+    the bottom quarter continues from a top-quarter trial's checkpoint with its values x0.8 or x1.2 or
+    resampled, kept inside the searched range."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    domains = {d.key: d for d in st.search if d.key in mutable}
+
+    def clip(config: dict) -> dict:
+        for k, d in domains.items():
+            config[k] = min(max(float(config[k]), d.args[0]), d.args[1])
+        return config
+
+    return PopulationBasedTraining(time_attr="epoch", perturbation_interval=st.perturbation_interval,
+                                   hyperparam_mutations={k: tune_domain(d) for k, d in domains.items()},
+                                   custom_explore_fn=clip, require_attrs=False)  # results between evaluations lack the metric
+
+
+def optuna_storage(root: str):
+    """The Optuna study kept in the sweep folder (optuna.db, one study per gentune study): `gentune dashboard`
+    opens it. None (in memory) for remote storage."""
+    if "://" in root:
+        return None
+    import optuna
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(root).resolve() / 'optuna.db'}")
+
+
+def pareto_front(points: dict[str, tuple[float, ...]], modes: tuple[str, ...]) -> list[str]:
+    """Keys of the points no other point dominates (at least as good everywhere, better somewhere)."""
+    sign = [1.0 if m == "min" else -1.0 for m in modes]
+    vals = {k: [s * v for s, v in zip(sign, p)] for k, p in points.items()}
+
+    def dominates(a, b):
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return [k for k, v in vals.items() if not any(dominates(w, v) for j, w in vals.items() if j != k)]
+
+
+def tag_pareto(c, pid: str, grid, objectives, run_of) -> None:
+    """Record a multi-objective study's Pareto-optimal trials (on their final values): a tag on the study
+    run (gentune.pareto_trials) and gentune.pareto = 1 on each such trial's run."""
+    from trainables.loop import is_failure
+
+    names = [m for m, _ in objectives]
+    points = {}
+    for r in grid:
+        m = r.metrics or {}
+        if r.error is None and not is_failure(m.get("stop_reason")) and all(k in m for k in names):
+            points[result_trial_id(r)] = tuple(float(m[k]) for k in names)
+    front = pareto_front(points, tuple(mode for _, mode in objectives))
+    c.set_tag(pid, "gentune.pareto_trials", ",".join(sorted(front)))
+    for tid in front:
+        run = run_of(tid)
+        if run is not None:
+            c.set_tag(run.info.run_id, "gentune.pareto", "1")
 
 
 def check_address(address: str | None) -> None:
@@ -323,6 +436,14 @@ def _write_json(path: Path, obj: Any) -> None:
         json.dump(obj, f, indent=2, default=str)
     os.chmod(f.name, 0o644)  # as a plain open() would make it, not the temporary file's 0600
     os.replace(f.name, path)
+
+
+def result_trial_id(r) -> str:
+    """The trial id of a Tune Result. Not result.metrics["trial_id"]: a trial PBT restored from another's
+    checkpoint that had no epoch left to run ends with the other trial's last result."""
+    from analysis.sweepdata import trial_id_of
+
+    return (trial_id_of(Path(r.path)) if r.path and "://" not in str(r.path) else None) or (r.metrics or {}).get("trial_id", "?")
 
 
 def trial_states(grid) -> dict[str, str]:
@@ -440,6 +561,7 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
             info = {"name": spec.name, "tracking_uri": uri, "local_store": uri == default_store(rp),
                     "experiment_id": exp_id, "studies": [s.name for s in spec.studies],
                     "families": {s.name: s.family for s in spec.studies}, "metrics": {s.name: [s.metric, s.mode] for s in spec.studies},
+                    "objectives": {s.name: [list(o) for o in s.objectives] for s in spec.studies},
                     "time_budget_s": {s.name: s.time_budget_s for s in spec.studies}, "spec": spec.source, **(meta or {})}
             info["started"] = (old_info or {}).get("started", time.time())
             info["state"] = "running"
@@ -457,9 +579,9 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
             states = trial_states(grid)
             for r in grid:
                 if r.error is not None:
-                    failed.append((st.name, (r.metrics or {}).get("trial_id", "?"), error_line(str(r.error))))
+                    failed.append((st.name, result_trial_id(r), error_line(str(r.error))))
                 elif is_failure((r.metrics or {}).get("stop_reason")):
-                    failed.append((st.name, r.metrics.get("trial_id", "?"), r.metrics["stop_reason"]))
+                    failed.append((st.name, result_trial_id(r), r.metrics["stop_reason"]))
             # interrupted: a trial left unfinished, or fewer trials made than planned (no time budget ended it)
             if any(v not in ("TERMINATED", "ERROR") for v in states.values()) or (
                     states and len(states) < st.trials and not st.time_budget_s):
@@ -486,7 +608,7 @@ def summary_table(grid, st_metric: str) -> str:
     rows = []
     for r in grid:
         m = r.metrics or {}
-        rows.append((m.get("trial_id", "?"), "ERROR" if r.error else "OK", m.get("epoch", 0),
+        rows.append((result_trial_id(r), "ERROR" if r.error else "OK", m.get("epoch", 0),
                      m.get(st_metric), m.get("stop_reason", "")))
     lines = [f"{'trial':<12} {'status':<6} {'epochs':>6} {st_metric:>12}  stop reason"]
     for t, s, e, v, why in rows:

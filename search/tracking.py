@@ -77,9 +77,11 @@ def numeric(result: dict[str, Any]) -> dict[str, float]:
 class MlflowTrials(Callback):
     """Tune callback: a nested MLflow run per trial with params, per-epoch metrics, sample grids, status."""
 
-    def __init__(self, uri: str, exp_id: str, parent_run_id: str, sweep: str, study: str, family: str, max_epochs: int) -> None:
+    def __init__(self, uri: str, exp_id: str, parent_run_id: str, sweep: str, study: str, family: str, max_epochs: int,
+                 watch: tuple[str, ...] = ()) -> None:
         self.uri, self.exp_id, self.parent = uri, exp_id, parent_run_id
         self.sweep, self.study, self.family, self.max_epochs = sweep, study, family, max_epochs
+        self.watch = watch  # config keys PBT changes mid-run: logged as metrics hp.<key> each epoch
         self.runs: dict[str, str] = {}
         # last epoch logged per run: a trial resumed after a crash may report an epoch the store already holds
         self.logged: dict[str, int] = {}
@@ -122,7 +124,11 @@ class MlflowTrials(Callback):
 
         rid, step = self.run_id(trial), int(result.get("epoch", result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0) * 1000)
-        metrics = [Metric(k, v, ts, step) for k, v in numeric(result).items()]
+        if result.get("exploited_from"):
+            self.exploited(rid, result)
+        config = result.get("config") or {}
+        hp = {f"hp.{k}": config[k] for k in self.watch if isinstance(config.get(k), (int, float))}
+        metrics = [Metric(k, v, ts, step) for k, v in numeric({**result, **hp}).items() if k != "exploited_epoch"]
         # An epoch already logged comes again when a driver crash left Tune's state one result behind the
         # store: the trial redoes it from the checkpoint before (same seed and RNG state); keep one record.
         if metrics and step > self.logged.get(rid, 0):
@@ -130,6 +136,19 @@ class MlflowTrials(Callback):
             self.logged[rid] = step
         if result.get("stop_reason"):
             client(self.uri).set_tag(rid, "gentune.stop_reason", result["stop_reason"])
+
+    def exploited(self, rid: str, result: dict) -> None:
+        """PBT restored this trial from another's checkpoint: extend its lineage tag, and let the epochs
+        after the donor's checkpoint be logged again (they are this trial's new history)."""
+        c = client(self.uri)
+        epoch, donor = int(result["exploited_epoch"]), result["exploited_from"]
+        config = result.get("config") or {}
+        now = ", ".join(f"{k}={config[k]:.4g}" for k in self.watch if isinstance(config.get(k), (int, float)))
+        old = c.get_run(rid).data.tags.get("gentune.pbt_lineage", "")
+        entries = [e for e in old.split("; ") if e] + [f"epoch {epoch}: from trial {donor}" + (f" ({now})" if now else "")]
+        c.set_tag(rid, "gentune.pbt_lineage", "; ".join(entries)[:5000])
+        c.set_tag(rid, "gentune.pbt_exploits", str(len(entries)))
+        self.logged[rid] = min(self.logged.get(rid, 0), epoch)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         epoch = int((trial.last_result or {}).get("epoch", 0))

@@ -21,13 +21,31 @@ def selection_and_test(images: ImageSet) -> tuple[ImageSet, ImageSet]:
     if len(images) < 2:
         raise DataError(f"{images.name}: {len(images)} labelled target validation image(s); DANN needs at least 2 "
                         "(one half ranks trials, the other is the reported test accuracy)")
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED)).to(images.images.device)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
     half = len(images) // 2
-    parts = []
-    for name, idx in (("select", perm[:half].sort().values), ("test", perm[half:].sort().values)):
-        labels = None if images.labels is None else images.labels[idx]
-        parts.append(ImageSet(images.images[idx], labels, f"{images.fingerprint}:{name}", f"{images.name}[{name}]"))
-    return parts[0], parts[1]
+    return images.subset(perm[:half].sort().values, "select"), images.subset(perm[half:].sort().values, "test")
+
+
+DEV_FIT = 2000  # training features per domain for DEV's domain classifier
+
+
+def dev_estimate(feat_src: "np.ndarray", feat_tgt: "np.ndarray", feat_val: "np.ndarray", loss_val: "np.ndarray") -> float:
+    """DEV's risk estimate from features: density ratios of the source validation samples from a domain
+    classifier (source 0 / target 1), the weighted loss, and the control variate eta = -Cov(L, w) / Var(w)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([feat_src, feat_tgt])
+    y = np.r_[np.zeros(len(feat_src)), np.ones(len(feat_tgt))]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300)).fit(x, y)
+    p = np.clip(clf.predict_proba(feat_val)[:, 1], 1e-6, 1 - 1e-6)
+    w = p / (1 - p) * len(feat_src) / len(feat_tgt)
+    weighted = w * loss_val
+    var = float(np.var(w, ddof=1)) if len(w) > 1 else 0.0
+    eta = -float(np.cov(weighted, w)[0, 1]) / var if var > 0 else 0.0
+    return float(weighted.mean() + eta * w.mean() - eta)
 
 
 class DANNTrainer(Base):
@@ -103,6 +121,21 @@ class DANNTrainer(Base):
         return torch.cat(out).float()
 
     @torch.no_grad()
+    def dev_risk(self, hs_val: torch.Tensor) -> float:
+        """Deep embedded validation (You et al., ICML 2019): the source validation loss weighted by the
+        density ratio p(target | feature) / p(source | feature) of a logistic-regression domain classifier
+        fit on training features of both domains, with the paper's control variate. Needs no target label."""
+        m = self.model
+        gen = torch.Generator().manual_seed(SPLIT_SEED)
+        take = [torch.randperm(len(d), generator=gen)[:DEV_FIT].sort().values for d in (self.src, self.tgt)]
+        fs, ft = (self.features(d.subset(i)) for d, i in zip((self.src, self.tgt), take))
+        m.eval()
+        logits = torch.cat([m.label(hs_val[i:i + 512]) for i in range(0, len(hs_val), 512)]).float()
+        m.train()
+        return dev_estimate(fs.cpu().numpy(), ft.cpu().numpy(), hs_val.cpu().numpy(),
+                            F.cross_entropy(logits, self.src_val.labels, reduction="none").cpu().numpy())
+
+    @torch.no_grad()
     def evaluate(self, epoch: int) -> dict[str, float]:
         m = self.model
         hs, ht = self.features(self.src_val), self.features(self.tgt_val)
@@ -110,6 +143,7 @@ class DANNTrainer(Base):
         dom_correct = int((m.domain(hs) > 0).sum()) + int((m.domain(ht) <= 0).sum())
         m.train()
         return {
+            "dev_risk": self.dev_risk(hs),  # label-free: lower is better
             "target_acc": accuracy(m, self.tgt_select, prep=self.prep),  # ranks trials
             "target_test_acc": accuracy(m, self.tgt_test, prep=self.prep),  # reported, never ranks
             "source_acc": accuracy(m, self.src_val, prep=self.prep),

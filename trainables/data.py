@@ -42,6 +42,11 @@ class ImageSet:
         labels = None if self.labels is None else self.labels.to(device)
         return ImageSet(self.images.to(device), labels, self.fingerprint, self.name)
 
+    def subset(self, idx: torch.Tensor, tag: str = "subset") -> "ImageSet":
+        idx = idx.to(self.images.device)
+        labels = None if self.labels is None else self.labels[idx]
+        return ImageSet(self.images[idx], labels, f"{self.fingerprint}:{tag}", f"{self.name}[{tag}]")
+
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         """Float images in [-1, 1] for the given indices (on the set's device)."""
         return self.images[idx].float().div_(127.5).sub_(1.0)

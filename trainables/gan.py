@@ -168,4 +168,7 @@ class GANTrainer(Base):
         self.D.load_state_dict(s["D"])
         self.opt_g.load_state_dict(s["opt_g"])
         self.opt_d.load_state_dict(s["opt_d"])
+        for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):  # this run's rates (PBT changes them)
+            for group in opt.param_groups:
+                group["lr"] = lr
         self.strikes = dict(zip(("d_wins", "collapse"), s["strikes"].tolist()))

@@ -6,7 +6,6 @@ business (a JSON-lines file and a .pt file standalone, `tune.report` under Ray).
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import subprocess
@@ -146,12 +145,6 @@ def load_checkpoint(path: Path | str, family: str | None = None) -> dict[str, An
     return ckpt
 
 
-def checkpoint_bytes(ckpt: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    return buf.getvalue()
-
-
 def build_trainer(family: str, cfg: TrainConfig, quiet: bool = False) -> Trainer:
     if family == "gan":
         from trainables.gan import GANTrainer as cls
@@ -168,13 +161,15 @@ def fit(
     sink: Callable[[Epoch], None],
     resume: dict[str, Any] | None = None,
     quiet: bool = False,
+    mutable: tuple[str, ...] = (),
 ) -> str | None:
     """Train `family` with `flat_config` from scratch or from the checkpoint `resume`; returns the stop reason
-    (None when all epochs ran). Every epoch ends with one `sink(Epoch)` call."""
+    (None when all epochs ran). Every epoch ends with one `sink(Epoch)` call. The `mutable` keys may differ
+    from the checkpoint's (PBT's perturbed learning rates and labels): the trainer applies the new values."""
     cfg = from_flat(config_class(family), flat_config)
     if resume is not None and resume["family"] != family:
         raise CheckpointError(f"cannot resume a {family} trial from a {resume['family']} checkpoint")
-    changed = sorted(k for k, v in to_flat(cfg).items() if k != "epochs" and resume is not None and resume["config"].get(k) != v)
+    changed = sorted(k for k, v in to_flat(cfg).items() if k != "epochs" and k not in mutable and resume is not None and resume["config"].get(k) != v)
     if changed:  # more epochs may be asked for (training continues); anything else is another run
         raise CheckpointError(f"the checkpoint's config differs from this run's in {', '.join(changed)}; use a new --out folder")
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,262 @@
+"""python -m benchmarks.search: what gentune's search finds for a given budget, as the HPO literature measures it.
+
+    python -m benchmarks.search [--seeds 0,1,2] [--budget 48] [--results benchmarks/RESULTS.md]
+                                [--quick]
+
+On the DANN task (MNIST-M-like -> USPS-like demo data), with search/specs/dann.yaml's search space, at
+equal compute counted in trial-epochs (every epoch any trial trains, evaluated or not):
+
+  report       the report's configuration (lambda 0.3 fixed, Adam 1e-3), one trial per seed
+  random+fifo  Optuna's random sampler, every trial runs all its epochs
+  random+asha  random sampler, ASHA stops weak trials at evaluated epochs
+  tpe+fifo     Optuna's TPE, FIFO
+  tpe+asha     TPE + ASHA (gentune's default)
+
+Each search method starts from the report's configuration (start_from, as the shipped spec) and gets
+`--budget` trial-epochs (FIFO: budget / epochs trials; ASHA: twice as many trials, its curve cut
+at the budget). The anytime curve is the best target accuracy (the selection half, the number that
+ranks trials) found so far against trial-epochs used, in the order the epochs finished. The table
+gives it at 1/4, 1/2 and all of the budget, mean +- standard deviation over seeds, and how many
+trial-epochs TPE + ASHA needed to reach random + FIFO's final best. A second table shows how far each
+selection criterion's pick (target_acc with labels; source_acc and dev_risk without) is from the
+best held-out test accuracy among the same trials.
+
+Every sweep is a real `gentune sweep` (Ray Tune, Optuna, MLflow) in a temporary folder, one Ray
+instance for all of them, two trials at a time on one CPU each.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("report", "random+fifo", "random+asha", "tpe+fifo", "tpe+asha")
+CRITERIA = (("target_acc", "max"), ("source_acc", "max"), ("dev_risk", "min"))
+
+
+def overrides(method: str, seed: int, a: argparse.Namespace) -> list[str]:
+    sizes = [f"epochs={a.epochs}", f"eval_every={a.eval_every}", f"steps_per_epoch={a.steps}", f"batch_size={a.batch}",
+             "resources.gpu=0", "resources.cpu=1", "concurrency=2", f"seed={seed}"]
+    if method == "report":
+        return sizes + ["lr=0.001", "lamb=0.3", "lambda_schedule=fixed", "budget.trials=1", "budget.scheduler=fifo"]
+    searcher, scheduler = method.split("+")
+    fifo_trials = max(1, a.budget // a.epochs)
+    trials = fifo_trials if scheduler == "fifo" else 2 * fifo_trials
+    extra = [f"budget.grace_period={a.eval_every}", "budget.reduction_factor=2"] if scheduler == "asha" else []
+    return sizes + [f"budget.trials={trials}", f"budget.scheduler={scheduler}", f"budget.searcher={searcher}", *extra]
+
+
+def run_method(method: str, seed: int, a: argparse.Namespace, storage: Path) -> list[dict]:
+    """One sweep; every epoch of every trial as {t, trial, epoch, metrics...}, in the order epochs finished."""
+    from search.spec import load_spec
+    from search.sweep import result_trial_id, run_sweep
+
+    spec = load_spec(ROOT / "search/specs/dann.yaml", overrides(method, seed, a))
+    out = run_sweep(spec, storage=str(storage), name=f"{method.replace('+', '-')}-s{seed}", address=None, resume=False,
+                    quiet=True)
+    rows = []
+    for st, (grid, _) in out["results"].items():
+        for r in grid:
+            df = r.metrics_dataframe
+            if df is None:
+                continue
+            tid = result_trial_id(r)
+            for rec in df.to_dict("records"):
+                rows.append({"trial": tid, **{k: rec[k] for k in rec if isinstance(rec[k], (int, float))}})
+    rows.sort(key=lambda x: (x.get("timestamp", 0), x.get("time_total_s", 0)))
+    return rows
+
+
+def anytime(rows: list[dict], metric: str = "target_acc") -> list[tuple[int, float]]:
+    """(trial-epochs used, best metric so far) after each evaluated epoch."""
+    best, out = -math.inf, []
+    for used, r in enumerate(rows, 1):
+        v = r.get(metric)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            best = max(best, v)
+            out.append((used, best))
+    return out
+
+
+def best_at(curve: list[tuple[int, float]], budget: float) -> float:
+    vals = [b for used, b in curve if used <= budget]
+    return vals[-1] if vals else float("nan")
+
+
+def epochs_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((used for used, b in curve if b >= target - 1e-12), None)
+
+
+def picks(rows: list[dict]) -> dict[str, float]:
+    """For each selection criterion: the held-out test accuracy of its pick minus the best test accuracy
+    among the same trials (each trial's last evaluation)."""
+    last: dict[str, dict] = {}
+    for r in rows:
+        if r.get("target_acc") is not None and not math.isnan(r["target_acc"]):
+            last[r["trial"]] = r
+    if not last:
+        return {}
+    oracle = max(r["target_test_acc"] for r in last.values())
+    out = {}
+    for metric, mode in CRITERIA:
+        have = [r for r in last.values() if r.get(metric) is not None and not math.isnan(r[metric])]
+        if have:
+            pick = (max if mode == "max" else min)(have, key=lambda r: r[metric])
+            out[metric] = pick["target_test_acc"] - oracle
+    return out
+
+
+def mean_sd(xs: list[float]) -> str:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return "-"
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+
+
+def plot(curves: dict[str, list[list[tuple[int, float]]]], budget: int, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    grid = np.arange(1, budget + 1)
+    for method, runs in curves.items():
+        ys = np.array([[best_at(c, g) for g in grid] for c in runs], dtype=float)
+        m = np.nanmean(ys, axis=0)
+        (line,) = ax.plot(grid, m, label=method, lw=2 if method == "tpe+asha" else 1.3)
+        if len(runs) > 1:
+            ax.fill_between(grid, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("trial-epochs used")
+    ax.set_ylabel("best target accuracy so far (selection half)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(a: argparse.Namespace, runs: dict[str, dict[int, list[dict]]], wall: float, png: Path) -> str:
+    budget = a.budget
+    curves = {m: [anytime(rows) for rows in by_seed.values()] for m, by_seed in runs.items()}
+    lines = [f"| method | best at {budget // 4} | best at {budget // 2} | best at {budget} | trials | trial-epochs run (curve cut at the budget) |",
+             "|---|---|---|---|---|---|"]
+    for m, cs in curves.items():
+        used = [len(rows) for rows in runs[m].values()]
+        ntrials = [len({r["trial"] for r in rows}) for rows in runs[m].values()]
+        at = [mean_sd([best_at(c, budget * f) for c in cs]) for f in (0.25, 0.5, 1.0)]
+        lines.append(f"| {m} | {' | '.join(at)} | {statistics.mean(ntrials):.1f} | {statistics.mean(used):.0f} |")
+    goal = []
+    if "random+fifo" in runs and "tpe+asha" in runs:
+        for seed in runs["tpe+asha"]:
+            if seed in runs["random+fifo"]:
+                target = best_at(anytime(runs["random+fifo"][seed]), budget)
+                hit = epochs_to_reach(anytime(runs["tpe+asha"][seed]), target)
+                goal.append(f"seed {seed}: random+fifo's final best {target:.3f}; tpe+asha reached it after "
+                            + (f"{hit} of {budget} trial-epochs ({hit / budget:.2f} of the budget)" if hit and hit <= budget
+                               else f"never within {budget} trial-epochs"))
+    crit = ["| method | " + " | ".join(f"pick by {m} ({mode})" for m, mode in CRITERIA) + " |",
+            "|---|" + "---|" * len(CRITERIA)]
+    for m, by_seed in runs.items():
+        if m == "report":
+            continue
+        ps = [picks(rows) for rows in by_seed.values()]
+        crit.append(f"| {m} | " + " | ".join(mean_sd([p[c] for p in ps if c in p]) for c, _ in CRITERIA) + " |")
+    from benchmarks.throughput import commit
+
+    data = "demo MNIST-M-like -> USPS-like"
+    return "\n".join([
+        f"## Search: {datetime.datetime.now():%Y-%m-%d %H:%M}, DANN {data}, commit {commit()}",
+        "",
+        f"`{' '.join(['python -m benchmarks.search', *sys.argv[1:]])}`: {len(a.seed_list)} seed(s) "
+        f"({', '.join(map(str, a.seed_list))}), budget {budget} trial-epochs per sweep, trials of {a.epochs} epochs x "
+        f"{a.steps} steps at batch {a.batch}, evaluated every {a.eval_every}; wall time {wall / 60:.1f} min on this "
+        f"machine ({os.cpu_count()} CPU cores, two trials at a time). Best target accuracy found (selection half; "
+        "mean ± sd over seeds):",
+        "",
+        *lines,
+        "",
+        *(f"- {g}" for g in goal),
+        "",
+        f"![anytime]({png.name})",
+        "",
+        "Model selection: the held-out test accuracy of each criterion's pick minus the best test accuracy among "
+        "the same trials (0 = the best possible pick; target_acc uses target labels, source_acc and dev_risk "
+        "do not):",
+        "",
+        *crit,
+        "",
+    ])
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (each: the sweep's and the trials' seed)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of: {', '.join(METHODS)}")
+    p.add_argument("--budget", type=int, default=48, help="trial-epochs per sweep")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--eval-every", type=int, default=2)
+    p.add_argument("--steps", type=int, default=15, help="training steps per epoch")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--results", default="", help="append the tables to this markdown file (e.g. benchmarks/RESULTS.md)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: proves the plumbing, not a measurement")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.seeds, a.budget, a.epochs, a.eval_every, a.steps, a.batch = "0", 8, 2, 1, 2, 16
+    a.seed_list = [int(s) for s in a.seeds.split(",") if s.strip()]
+    a.method_list = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in a.method_list if m not in METHODS]
+    if bad or not a.seed_list:
+        p.error(f"--methods: unknown {bad[0]!r}; expected of {', '.join(METHODS)}" if bad else "--seeds: none given")
+    if a.budget < a.epochs or a.eval_every > a.epochs:
+        p.error(f"--budget {a.budget} must hold at least one trial of --epochs {a.epochs}, evaluated (--eval-every)")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    import ray
+
+    t0 = time.time()
+    runs: dict[str, dict[int, list[dict]]] = {}
+    with tempfile.TemporaryDirectory(prefix="gentune-search-") as tmp:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        try:
+            for seed in a.seed_list:
+                for m in a.method_list:
+                    t = time.time()
+                    rows = run_method(m, seed, a, Path(tmp))
+                    runs.setdefault(m, {})[seed] = rows
+                    c = anytime(rows)
+                    print(f"benchmarks.search: {m} seed {seed}: {len({r['trial'] for r in rows})} trial(s), {len(rows)} "
+                          f"trial-epochs, best target_acc {c[-1][1] if c else float('nan'):.3f} ({time.time() - t:.0f} s)",
+                          file=sys.stderr, flush=True)
+        finally:
+            ray.shutdown()
+    wall = time.time() - t0
+    out_dir = Path(a.results).parent if a.results else Path(tempfile.gettempdir())
+    png = out_dir / "search_anytime.png"
+    plot({m: [anytime(r) for r in s.values()] for m, s in runs.items()}, a.budget, png,
+         f"DANN demo: best target accuracy vs trial-epochs ({len(a.seed_list)} seeds; band = min-max)")
+    text = report(a, runs, wall, png)
+    print(text)
+    if a.results:
+        with open(a.results, "a") as f:
+            f.write("\n" + text)
+        print(f"benchmarks.search: appended to {a.results}; plot {png}", file=sys.stderr)
+    else:
+        print(f"benchmarks.search: plot {png}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
