@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from analysis.errors import CheckpointError, DataError, GentuneError
-from analysis.sweepdata import check_out_file, check_parent
+from analysis.sweepdata import check_out_file, check_parent, knee
 
 BUNDLE_FORMAT = "gentune-bundle"
 BUNDLE_VERSION = 1
@@ -560,9 +560,15 @@ def export_best(sweep, out: str | Path, *, study: str | None = None, metric: str
     metric, mode = metric or st.metric, mode or st.mode
     if mode not in ("min", "max"):
         raise GentuneError(f"--mode must be min or max, got {mode!r}")
+    how = ""
     if trial_id is not None:
         if best.value(metric) is None:
             raise GentuneError(f"trial {trial_id} reported no {metric!r}")
+    elif len(st.objectives) > 1 and (metric, mode) == (st.metric, st.mode):
+        front = sweep.pareto(st.name)
+        best = sweep.trial(knee(front, tuple(m for _, m in st.objectives))) if front else None
+        how = (f" (of the {len(front)} Pareto-optimal trials on {', '.join(m for m, _ in st.objectives)}: the one nearest "
+               f"the front's ideal point; --trial picks another: {', '.join(sorted(front))})")
     else:
         best = sweep.best_trial(st.name, metric, mode)
     if best is None:
@@ -571,7 +577,7 @@ def export_best(sweep, out: str | Path, *, study: str | None = None, metric: str
                            + (f"; metrics reported: {', '.join(seen)}" if seen else "; no trial reported any metric"))
     ckpt = sweep.load_checkpoint(best)
     log(f"gentune export: trial {best.trial_id} of study {st.name}, {metric}={best.value(metric):.6g} "
-        f"(epoch {ckpt.get('epoch')}) -> {out}", quiet)
+        f"(epoch {ckpt.get('epoch')}){how} -> {out}", quiet)
     path = write_bundle(Path(out), ckpt, metrics=best.metrics, sweep=sweep.name, study=st.name,
                         trial_id=best.trial_id, force=force, quiet=quiet)
     return best, path

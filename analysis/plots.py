@@ -128,6 +128,28 @@ def metric_over_time(series: dict[str, list[tuple[int, float]]], metric: str, pa
     return save(fig, path)
 
 
+def pareto_scatter(points: dict[str, tuple[float, float]], front: list[str], names: tuple[str, str], path: Path,
+                   title: str = "", pick: str | None = None) -> Path:
+    """Every finished trial on two objectives; the Pareto-optimal ones joined as the front, the pick ringed."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    others = [p for k, p in points.items() if k not in front]
+    if others:
+        ax.scatter(*zip(*others), s=22, c="#999999", label="dominated")
+    fr = sorted(points[k] for k in front)
+    ax.plot(*zip(*fr), "-o", c="C3", ms=6, lw=1.5, label="Pareto front")
+    for k in front:
+        ax.annotate(k, points[k], fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if pick in points:
+        ax.scatter(*points[pick], s=160, facecolors="none", edgecolors="k", lw=1.5, label=f"export pick ({pick})")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save(fig, path)
+
+
 def optuna_plot(kind: str, study: Any, path: Path, title: str = "") -> Path:
     """Optuna's own matplotlib figure: kind 'importances' or 'parallel'."""
     import optuna

@@ -437,6 +437,8 @@ class Report:
             s.figure(p, f"{st.metric} of each trial after each epoch" + (f" (best: trial {best.trial_id}, drawn thicker)" if best else ""))
         else:
             s.note(f"No trial reported {st.metric}, so there is no metric plot.")
+        if len(st.objectives) > 1:
+            self.pareto(s, st, trials)
         study, why = optuna_study(self.sweep, st)
         if study is None:
             s.note(f"Parameter importances and parallel coordinates skipped: {why}.")
@@ -453,6 +455,26 @@ class Report:
         table = C.study_table(self.sweep, st.name)
         s.table(table.columns, C.table_cells(table), f"Trials sorted by final {st.metric} ({st.mode}), best first")
         return s
+
+    def pareto(self, s: Section, st: Study, trials: list[Trial]) -> None:
+        """A multi-objective study: its Pareto front on the first two objectives, and the front as a table."""
+        from analysis import plots
+        from analysis.sweepdata import knee
+
+        names = [m for m, _ in st.objectives]
+        front = self.sweep.pareto(st.name)
+        if not front:
+            s.note(f"No trial finished with all of {', '.join(names)}, so there is no Pareto front.")
+            return
+        pick = knee(front, tuple(m for _, m in st.objectives))
+        points = {t.trial_id: (t.value(names[0]), t.value(names[1])) for t in trials if t.status == "FINISHED"
+                  and t.value(names[0]) is not None and t.value(names[1]) is not None}
+        p = plots.pareto_scatter(points, list(front), (names[0], names[1]), self.out / f"sweep_{slug(st.name)}_pareto.png",
+                                 f"study {st.name}: {names[0]} ({st.objectives[0][1]}) vs {names[1]} ({st.objectives[1][1]})", pick)
+        s.figure(p, f"Final {names[0]} and {names[1]} of each finished trial; the {len(front)} Pareto-optimal ones "
+                    f"joined; ringed: `gentune export`'s pick (nearest the front's ideal point)")
+        rows = [[k, *(num(v) for v in front[k]), "export pick" if k == pick else ""] for k in sorted(front, key=lambda k: front[k])]
+        s.table(["trial", *names, ""], rows, "Pareto-optimal trials")
 
     # --- the whole report --------------------------------------------------------------------------
 

@@ -72,10 +72,40 @@ class Study:
     mode: str  # "min" or "max"
     run_id: str | None  # the MLflow parent run of the study
     search: dict[str, Any] = field(default_factory=dict)  # the spec's search domains (raw YAML)
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of a multi-objective study's objectives
 
 
 def better(a: float, b: float, mode: str) -> bool:
     return a < b if mode == "min" else a > b
+
+
+def pareto_front(points: dict[str, tuple[float, ...]], modes: tuple[str, ...]) -> list[str]:
+    """Keys of the points no other point dominates (at least as good in every objective, better in one)."""
+    sign = [1.0 if m == "min" else -1.0 for m in modes]
+    vals = {k: [s * v for s, v in zip(sign, p)] for k, p in points.items()}
+
+    def dominates(a, b):
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return [k for k, v in vals.items() if not any(dominates(w, v) for j, w in vals.items() if j != k)]
+
+
+def knee(points: dict[str, tuple[float, ...]], modes: tuple[str, ...]) -> str:
+    """The point of a Pareto front closest to its ideal point once each objective is scaled to [0, 1] over
+    the front (ties: the better first objective): the export's pick of a multi-objective study."""
+    keys = sorted(points)
+    cols = list(zip(*(points[k] for k in keys)))
+
+    def scaled(i: int, v: float) -> float:
+        lo, hi = min(cols[i]), max(cols[i])
+        x = 0.0 if hi == lo else (v - lo) / (hi - lo)
+        return x if modes[i] == "min" else 1.0 - x
+
+    def dist(k: str) -> tuple[float, float]:
+        first = points[k][0] if modes[0] == "min" else -points[k][0]
+        return (sum(scaled(i, v) ** 2 for i, v in enumerate(points[k])), first)
+
+    return min(keys, key=dist)
 
 
 def read_sweep_json(root: Path) -> dict[str, Any]:
@@ -309,10 +339,12 @@ class Sweep:
             p = parents.get(name)
             tags = p.data.tags if p is not None else {}
             metric, mode = (self.info.get("metrics") or {}).get(name, [tags.get("gentune.metric"), tags.get("gentune.mode")])
+            objectives = (self.info.get("objectives") or {}).get(name) or [
+                o.split(":", 1) for o in tags.get("gentune.objectives", "").split(",") if ":" in o]
             family = (self.info.get("families") or {}).get(name) or tags.get("gentune.family", "")
             raw = spec_studies.get(name) or (next(iter(spec_studies.values())) if len(spec_studies) == 1 else {})
             out[name] = Study(name, family, metric or "", mode or "max", p.info.run_id if p is not None else None,
-                              dict(raw.get("search") or {}))
+                              dict(raw.get("search") or {}), tuple((str(m), str(d)) for m, d in objectives))
         return out
 
     def study(self, name: str | None) -> Study:
@@ -386,6 +418,14 @@ class Sweep:
             elif t.value(metric) == best.value(metric) and t.trial_id == tagged:
                 best = t  # a tie: the trial the sweep itself named best
         return best
+
+    def pareto(self, study: str) -> dict[str, tuple[float, ...]]:
+        """A multi-objective study's Pareto-optimal finished trials: {trial id: final objective values}."""
+        objectives = self.studies[study].objectives
+        points = {t.trial_id: tuple(t.value(m) for m, _ in objectives) for t in self.trials(study)
+                  if t.status == "FINISHED" and all(t.value(m) is not None for m, _ in objectives)}
+        front = pareto_front(points, tuple(mode for _, mode in objectives))  # type: ignore[arg-type]
+        return {k: points[k] for k in front}  # type: ignore[misc]
 
     @cached_property
     def best_tags(self) -> dict[str, str]:

@@ -367,7 +367,7 @@ def parse_objectives(family: str, raw: dict, cfg) -> tuple[tuple[tuple[str, str]
         raise SpecError(f"mode: with {len(names)} metrics, give a list of {len(names)} modes (min or max), or none")
     if not many and isinstance(mode_raw, list):
         raise SpecError("mode: a list of modes needs a list of metrics")
-    modes = mode_raw if many else [mode_raw]
+    modes = (mode_raw or [None] * len(names)) if many else [mode_raw]
     out, auto = [], False
     for i, metric in enumerate(names):
         where = f"metric[{i}]" if many else "metric"

@@ -253,8 +253,11 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
         c.set_tag(pid, "gentune.best_trial_id", result_trial_id(best))
         c.log_text(pid, json.dumps(best.config, indent=2, default=str), "best_config.json")
     if multi:
-        tag_pareto(c, pid, grid, st.objectives,
-                   lambda tid: find_run(uri, exp_id, sweep=spec.name, study=st.name, trial_id=tid))
+        front = tag_pareto(c, pid, grid, st.objectives,
+                           lambda tid: find_run(uri, exp_id, sweep=spec.name, study=st.name, trial_id=tid))
+        if not quiet:
+            print(f"gentune sweep: study {st.name}: Pareto-optimal trials on {', '.join(m for m, _ in st.objectives)}: "
+                  f"{', '.join(front) or 'none'}", file=sys.stderr)
     c.set_terminated(pid, status="FINISHED")
     return grid, best
 
@@ -300,20 +303,10 @@ def optuna_storage(root: str):
     return optuna.storages.RDBStorage(f"sqlite:///{Path(root).resolve() / 'optuna.db'}")
 
 
-def pareto_front(points: dict[str, tuple[float, ...]], modes: tuple[str, ...]) -> list[str]:
-    """Keys of the points no other point dominates (at least as good everywhere, better somewhere)."""
-    sign = [1.0 if m == "min" else -1.0 for m in modes]
-    vals = {k: [s * v for s, v in zip(sign, p)] for k, p in points.items()}
-
-    def dominates(a, b):
-        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
-
-    return [k for k, v in vals.items() if not any(dominates(w, v) for j, w in vals.items() if j != k)]
-
-
-def tag_pareto(c, pid: str, grid, objectives, run_of) -> None:
+def tag_pareto(c, pid: str, grid, objectives, run_of) -> list[str]:
     """Record a multi-objective study's Pareto-optimal trials (on their final values): a tag on the study
     run (gentune.pareto_trials) and gentune.pareto = 1 on each such trial's run."""
+    from analysis.sweepdata import pareto_front
     from trainables.loop import is_failure
 
     names = [m for m, _ in objectives]
@@ -328,6 +321,7 @@ def tag_pareto(c, pid: str, grid, objectives, run_of) -> None:
         run = run_of(tid)
         if run is not None:
             c.set_tag(run.info.run_id, "gentune.pareto", "1")
+    return sorted(front)
 
 
 def check_address(address: str | None) -> None:
@@ -571,7 +565,10 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
             if not quiet:
                 why = (" (metric auto: FID weights found)" if st.metric == "fid" else
                        " (metric auto: no FID weights found, see `gentune fid --help`)") if st.auto_metric else ""
-                print(f"gentune sweep: study {st.name} ({st.family}): {st.trials} trial(s), metric {st.metric} ({st.mode}){why}", file=sys.stderr)
+                what = (f"metrics {', '.join(f'{m} ({d})' for m, d in st.objectives)} (Pareto front)" if len(st.objectives) > 1
+                        else f"metric {st.metric} ({st.mode})")
+                print(f"gentune sweep: study {st.name} ({st.family}): {st.trials} trial(s), {what}, "
+                      f"{st.searcher} + {st.scheduler}{why}", file=sys.stderr)
             for note in st.notes:  # what parsing changed is said even with --quiet
                 print(f"gentune sweep: study {st.name}: {note}", file=sys.stderr)
             grid, best = run_study(spec, st, root, uri, exp_id, resume, quiet)
@@ -603,15 +600,12 @@ def default_store(rp: Path) -> str:
     return default_tracking_uri(rp)
 
 
-def summary_table(grid, st_metric: str) -> str:
-    """Plain-text table of trials: id, status, epochs, metric, stop reason, searched params."""
-    rows = []
+def summary_table(grid, metrics: list[str]) -> str:
+    """Plain-text table of trials: id, status, epochs, the study's metric(s), stop reason."""
+    lines = [f"{'trial':<12} {'status':<6} {'epochs':>6} " + " ".join(f"{m:>12}" for m in metrics) + "  stop reason"]
     for r in grid:
         m = r.metrics or {}
-        rows.append((result_trial_id(r), "ERROR" if r.error else "OK", m.get("epoch", 0),
-                     m.get(st_metric), m.get("stop_reason", "")))
-    lines = [f"{'trial':<12} {'status':<6} {'epochs':>6} {st_metric:>12}  stop reason"]
-    for t, s, e, v, why in rows:
-        vs = f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-        lines.append(f"{t:<12} {s:<6} {e:>6} {vs:>12}  {why}")
+        vals = " ".join(f"{m[k]:>12.4f}" if isinstance(m.get(k), (int, float)) else f"{'-':>12}" for k in metrics)
+        lines.append(f"{result_trial_id(r):<12} {'ERROR' if r.error else 'OK':<6} {m.get('epoch', 0):>6} {vals}  "
+                     f"{m.get('stop_reason', '')}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from pathlib import Path
 def cmd_sweep(args: argparse.Namespace) -> int:
     from analysis.errors import GentuneError
     from search.spec import load_spec
-    from search.sweep import run_sweep, summary_table, sweep_dir
+    from search.sweep import result_trial_id, run_sweep, summary_table, sweep_dir
 
     spec = load_spec(args.spec, args.set, smoke=args.smoke)
     meta = {"spec_path": str(Path(args.spec).resolve()), "overrides": args.set, "smoke": args.smoke}
@@ -34,10 +34,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if st.name not in out["results"]:
             continue
         grid, best = out["results"][st.name]
-        print(f"\n== study {st.name} ({st.family}), metric {st.metric} ({st.mode}) ==")
-        print(summary_table(grid, st.metric))
-        if best is not None and best.metrics and st.metric in best.metrics:
-            print(f"best: trial {best.metrics.get('trial_id')} {st.metric}={best.metrics[st.metric]:.4f}")
+        names = [m for m, _ in st.objectives] or [st.metric]
+        print(f"\n== study {st.name} ({st.family}), {'metrics' if len(names) > 1 else 'metric'} "
+              f"{', '.join(f'{m} ({d})' for m, d in st.objectives or [(st.metric, st.mode)])} ==")
+        print(summary_table(grid, names))
+        if len(names) > 1:
+            print("Pareto-optimal trials: listed above the tables; `gentune report` draws the front, `gentune export` "
+                  "picks the one nearest its ideal point")
+        elif best is not None and best.metrics and st.metric in best.metrics:
+            print(f"best: trial {result_trial_id(best)} {st.metric}={best.metrics[st.metric]:.4f}")
         else:
             print("best: none (no trial reported the metric)")
     print(f"\nsweep folder: {out['root']}\nMLflow: {out['tracking_uri']}  (open with: gentune ui {out['root']})")

@@ -104,21 +104,21 @@ def server_command(uri: str, host: str, port: int, artifacts: Path | None, worke
     return cmd
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float, probe: str = "/health", what: str = "the MLflow server") -> None:
     deadline = time.monotonic() + timeout
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy: it is our own host
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise GentuneError(f"the MLflow server exited with code {proc.returncode} before it served {url} "
+            raise GentuneError(f"{what} exited with code {proc.returncode} before it served {url} "
                                "(its log is above; with --quiet add --debug-server to see it)")
         try:
-            with opener.open(f"{url}/health", timeout=2) as r:
+            with opener.open(f"{url}{probe}", timeout=2) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.3)
-    raise GentuneError(f"the MLflow server did not answer at {url} within {timeout:.0f}s")
+    raise GentuneError(f"{what} did not answer at {url} within {timeout:.0f}s")
 
 
 def _group_alive(pgid: int) -> bool:
@@ -181,13 +181,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = server_command(uri, host, port, artifacts, args.workers)
     if not args.quiet:
         print(f"gentune ui: starting the MLflow server over {uri} on {host}:{port}", file=sys.stderr, flush=True)
-    quiet_server = args.quiet and not args.debug_server
-    # The server gets its own process group, so Ctrl-C reaches gentune alone and gentune ends the server and its
-    # workers together; SIGTERM/SIGHUP to gentune do the same.
     env = dict(os.environ)
     # MLflow 3's server also starts a job runner and seven task consumers for GenAI features (online scoring,
     # trace archival) that browsing a sweep never uses: leave them off unless the user asks for them.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    hint = ("each study is a run with its trials nested under it (click + to expand); Columns adds a metric column; "
+            "tick two runs and Compare to compare them") if exp_id else ""
+    return serve(args, cmd, base, url, env, "/health", "the MLflow server", "ui", hint)
+
+
+def serve(args: argparse.Namespace, cmd: list[str], base: str, url: str, env: dict, probe: str, what: str, name: str,
+          hint: str) -> int:
+    """Run a local web server until Ctrl-C: print its URL on stdout once it answers, stop it and its children."""
+    host = args.host
+    quiet_server = args.quiet and not args.debug_server
+    # The server gets its own process group, so Ctrl-C reaches gentune alone and gentune ends the server and its
+    # workers together; SIGTERM/SIGHUP to gentune do the same.
     # The server's log goes to stderr, so stdout carries the URL alone (URL=$(gentune ui ... | head -1) works).
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL if quiet_server else sys.stderr,
                             stderr=subprocess.DEVNULL if quiet_server else None, start_new_session=True, env=env)
@@ -198,26 +207,54 @@ def cmd_ui(args: argparse.Namespace) -> int:
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it.
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        wait_ready(base, proc, args.timeout)
+        wait_ready(base, proc, args.timeout, probe, what)
         print(url, flush=True)
         if not args.quiet:
             if host not in ("127.0.0.1", "localhost", "::1"):
-                print(f"gentune ui: warning: listening on {host}: other machines can reach this UI, which has no login",
+                print(f"gentune {name}: warning: listening on {host}: other machines can reach this UI, which has no login",
                       file=sys.stderr)
-            if exp_id:
-                print("gentune ui: each study is a run with its trials nested under it (click + to expand); "
-                      "Columns adds a metric column; tick two runs and Compare to compare them", file=sys.stderr)
-            print("gentune ui: serving until Ctrl-C", file=sys.stderr, flush=True)
+            if hint:
+                print(f"gentune {name}: {hint}", file=sys.stderr)
+            print(f"gentune {name}: serving until Ctrl-C", file=sys.stderr, flush=True)
         rc = proc.wait()
-        raise GentuneError(f"the MLflow server stopped by itself (exit code {rc})")
+        raise GentuneError(f"{what} stopped by itself (exit code {rc})")
     except KeyboardInterrupt:
         if not args.quiet:
-            print("gentune ui: stopped", file=sys.stderr)
+            print(f"gentune {name}: stopped", file=sys.stderr)
         return 0
     finally:
         stop(proc)
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard over the Optuna studies `gentune sweep` keeps in <sweep>/optuna.db."""
+    import shutil
+
+    check_ui_args(args)
+    root = Path(args.sweep).expanduser()
+    if not (root / "sweep.json").is_file():
+        raise GentuneError(f"{root} is not a sweep folder (no sweep.json); pass the folder `gentune sweep` printed")
+    db = root / "optuna.db"
+    if not db.is_file():
+        raise GentuneError(f"sweep {root.name} has no stored Optuna study ({db} is missing): only searched studies on "
+                           "local storage keep one, and only sweeps made since gentune stored them")
+    exe = Path(sys.executable).parent / "optuna-dashboard"
+    exe_s = str(exe) if exe.is_file() else shutil.which("optuna-dashboard")
+    if not exe_s:
+        raise GentuneError("optuna-dashboard is not installed in this environment: pip install optuna-dashboard")
+    host = args.host
+    port = args.port if args.port else free_port(host)
+    if not port_free(host, port):
+        raise GentuneError(f"port {port} on {host} is in use; pick another with --port")
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    uri = f"sqlite:///{db.resolve()}"
+    if not args.quiet:
+        print(f"gentune dashboard: starting optuna-dashboard over {uri} on {host}:{port}", file=sys.stderr, flush=True)
+    cmd = [exe_s, uri, "--host", host, "--port", str(port)] + (["--quiet"] if args.quiet and not args.debug_server else [])
+    return serve(args, cmd, base, base + "/dashboard", dict(os.environ), "/api/studies", "optuna-dashboard", "dashboard",
+                 "one Optuna study per gentune study: history, importances, parallel coordinates, Pareto front")
 
 
 def register(sub) -> None:
@@ -245,3 +282,16 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the URL (no progress lines, no server log)")
     p.add_argument("--debug-server", action="store_true", help="show the MLflow server's log even with --quiet")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("dashboard", formatter_class=fmt,
+                       help="open optuna-dashboard on a sweep's stored Optuna studies (bound to 127.0.0.1)",
+                       description="Serve optuna-dashboard over <sweep>/optuna.db, the Optuna study of each searched "
+                                   "study as Tune's searcher ran it, until Ctrl-C. Prints the URL on stdout.")
+    p.add_argument("sweep", help="sweep folder (holding sweep.json and optuna.db)")
+    p.add_argument("--host", default="127.0.0.1", metavar="H",
+                   help="interface to listen on; the dashboard has no login, so keep 127.0.0.1 unless you trust the network")
+    p.add_argument("--port", type=int, default=8080, metavar="P", help="port to listen on; 0 picks a free one")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the dashboard to answer")
+    p.add_argument("--quiet", action="store_true", help="print only the URL (no progress lines, no server log)")
+    p.add_argument("--debug-server", action="store_true", help="show the dashboard's log even with --quiet")
+    p.set_defaults(func=cmd_dashboard, workers=1)
