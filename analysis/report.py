@@ -449,7 +449,7 @@ class Report:
                 try:
                     p = plots.optuna_plot(kind, study, self.out / f"sweep_{tag}_{kind}.png", f"study {st.name}: {title}")
                     s.figure(p, f"Optuna's {title} of the {len(study.trials)} completed trials "
-                                f"(objective: final {st.metric}, {st.mode})")
+                                f"(objective: final {st.metric}, {st.mode}; {why})")
                 except Exception as e:  # noqa: BLE001 - e.g. an importance evaluator that cannot fit these few trials
                     s.note(f"Optuna's {title} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         table = C.study_table(self.sweep, st.name)
@@ -550,10 +550,24 @@ def _cat(v: Any) -> Any:
 
 
 def optuna_study(sweep: Sweep, st: Study):
-    """(an in-memory optuna.Study of the study's completed trials, or None, and why not)."""
+    """(an optuna.Study of the study's completed trials, and where it came from) or (None, why not): the
+    study Tune's searcher kept in SWEEP/optuna.db, else (older sweeps, multi-objective, PBT) one rebuilt
+    from MLflow on the final `st.metric`."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = sweep.root / "optuna.db"
+    if db.is_file() and len(st.objectives) <= 1:
+        try:
+            stored = optuna.load_study(study_name=st.name, storage=f"sqlite:///{db}")
+        except KeyError:
+            stored = None
+        done = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE] if stored else []
+        keys = {k for t in done for k in t.params}
+        if len(done) >= 2 and any(len({repr(t.params.get(k)) for t in done}) > 1 for k in keys):
+            study = optuna.create_study(direction=stored.direction, study_name=st.name)
+            study.add_trials(done)
+            return study, "the sweep's stored Optuna study"
     done = sweep.finished(st.name, st.metric)
     if len(done) < 2:
         return None, f"{len(done)} completed trial(s) with {st.metric}; at least 2 are needed"
@@ -567,7 +581,7 @@ def optuna_study(sweep: Sweep, st: Study):
                       else t.params.get(k)) for k in keys}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.value(st.metric),
                                                   user_attrs={"trial_id": t.trial_id}))
-    return study, ""
+    return study, "rebuilt from MLflow"
 
 
 # --- entry point -------------------------------------------------------------------------------------

@@ -237,9 +237,9 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
                 # num_to_keep=1: Tune then saves its experiment state with every trial checkpoint (it
                 # forces a save every num_to_keep checkpoints), so after a driver crash `--resume` never
                 # reruns a trial that had finished, nor restarts one from an older checkpoint than its last.
-                # PBT checkpoints at perturbations only and keeps more: a trial waiting to continue from
-                # another's checkpoint waits at most a round of the others (trials / concurrency intervals).
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=-(-st.trials // st.concurrency) + 2 if pbt else 1),
+                # PBT checkpoints at perturbations only and keeps three: the donor's checkpoint a trial
+                # continues from, the donor's next, and that trial's own last.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=3 if pbt else 1),
             ),
         )
     grid = tuner.fit()
@@ -277,7 +277,9 @@ def tune_domain(d: Domain):
 def pbt_scheduler(st: Study, mutable: tuple[str, ...]):
     """Ray's PBT over the study's float domains: every `perturbation_interval` (evaluated) epochs a trial in
     the bottom quarter continues from a top-quarter trial's checkpoint with its values x0.8 or x1.2 or
-    resampled, kept inside the searched range."""
+    resampled, kept inside the searched range. Synchronous: all trials reach the epoch before any is
+    compared, so with fewer slots than trials no trial is judged against others that have not run yet,
+    and a donor is at most one interval ahead when the trial continuing from it starts."""
     from ray.tune.schedulers import PopulationBasedTraining
 
     domains = {d.key: d for d in st.search if d.key in mutable}
@@ -289,7 +291,8 @@ def pbt_scheduler(st: Study, mutable: tuple[str, ...]):
 
     return PopulationBasedTraining(time_attr="epoch", perturbation_interval=st.perturbation_interval,
                                    hyperparam_mutations={k: tune_domain(d) for k, d in domains.items()},
-                                   custom_explore_fn=clip, require_attrs=False)  # results between evaluations lack the metric
+                                   custom_explore_fn=clip, synch=True,
+                                   require_attrs=False)  # results between evaluations lack the metric
 
 
 def optuna_storage(root: str):

@@ -105,12 +105,12 @@ def test_grace_period_falls_on_evaluated_epochs() -> None:
         parse_spec(spec_of(config={"epochs": 5, "eval_every": 5}, budget={"grace_period": 2}))
 
 
-def test_scheduler_is_asha_or_fifo() -> None:
+def test_scheduler_is_asha_fifo_or_pbt() -> None:
     assert parse_spec(spec_of()).studies[0].scheduler == "asha"  # the default
     st = parse_spec(spec_of(config={"epochs": 5, "eval_every": 5}, budget={"scheduler": "fifo"})).studies[0]
     assert st.scheduler == "fifo" and not st.notes  # no ASHA rungs to round or refuse
-    with pytest.raises(SpecError, match="budget.scheduler: 'pbt' is not a scheduler; expected one of asha, fifo"):
-        parse_spec(spec_of(budget={"scheduler": "pbt"}))
+    with pytest.raises(SpecError, match="budget.scheduler: 'pb' is not a scheduler; expected one of asha, fifo, pbt"):
+        parse_spec(spec_of(budget={"scheduler": "pb"}))
     st = parse_spec(spec_of(budget={"scheduler": "fifo", "grace_period": 1})).studies[0]  # e.g. --set on dann.yaml
     assert "ignored with scheduler fifo" in st.notes[0]
 
