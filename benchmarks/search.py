@@ -205,7 +205,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=48, help="trial-epochs per sweep")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--eval-every", type=int, default=2)
-    p.add_argument("--steps", type=int, default=15, help="training steps per epoch")
+    p.add_argument("--steps", type=int, default=12, help="training steps per epoch")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--results", default="", help="append the tables to this markdown file (e.g. benchmarks/RESULTS.md)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the plumbing, not a measurement")

@@ -26,7 +26,7 @@ def selection_and_test(images: ImageSet) -> tuple[ImageSet, ImageSet]:
     return images.subset(perm[:half].sort().values, "select"), images.subset(perm[half:].sort().values, "test")
 
 
-DEV_FIT = 2000  # training features per domain for DEV's domain classifier
+DEV_FIT = 1000  # training features per domain for DEV's domain classifier
 
 
 def dev_estimate(feat_src: "np.ndarray", feat_tgt: "np.ndarray", feat_val: "np.ndarray", loss_val: "np.ndarray") -> float:
