@@ -1,6 +1,7 @@
 """DANN trainer: source-only, DANN (gradient reversal) and target-only modes, 32x32 digits."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,10 +30,9 @@ def selection_and_test(images: ImageSet) -> tuple[ImageSet, ImageSet]:
 DEV_FIT = 1000  # training features per domain for DEV's domain classifier
 
 
-def dev_estimate(feat_src: "np.ndarray", feat_tgt: "np.ndarray", feat_val: "np.ndarray", loss_val: "np.ndarray") -> float:
+def dev_estimate(feat_src: np.ndarray, feat_tgt: np.ndarray, feat_val: np.ndarray, loss_val: np.ndarray) -> float:
     """DEV's risk estimate from features: density ratios of the source validation samples from a domain
     classifier (source 0 / target 1), the weighted loss, and the control variate eta = -Cov(L, w) / Var(w)."""
-    import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
