@@ -1,7 +1,6 @@
 """DANN trainer: source-only, DANN (gradient reversal) and target-only modes, 32x32 digits."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,22 +29,36 @@ def selection_and_test(images: ImageSet) -> tuple[ImageSet, ImageSet]:
 DEV_FIT = 1000  # training features per domain for DEV's domain classifier
 
 
-def dev_estimate(feat_src: np.ndarray, feat_tgt: np.ndarray, feat_val: np.ndarray, loss_val: np.ndarray) -> float:
-    """DEV's risk estimate from features: density ratios of the source validation samples from a domain
-    classifier (source 0 / target 1), the weighted loss, and the control variate eta = -Cov(L, w) / Var(w)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def dev_estimate(feat_src, feat_tgt, feat_val, loss_val, c: float = 0.1) -> float:
+    """DEV's risk estimate from features (tensors or arrays): density ratios of the source validation samples
+    from an L2-regularised logistic-regression domain classifier (source 0 / target 1; C = `c` as in
+    scikit-learn, fit with L-BFGS in torch so that a GPU node needs nothing more), the weighted loss, and
+    the control variate eta = -Cov(L, w) / Var(w)."""
+    fs, ft, fv, lv = (torch.as_tensor(a).detach().double().cpu() for a in (feat_src, feat_tgt, feat_val, loss_val))
+    x = torch.cat([fs, ft])
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-8)
+    z, zv = (x - mu) / sd, (fv - mu) / sd
+    y = torch.cat([torch.zeros(len(fs)), torch.ones(len(ft))]).double()
+    coef = torch.zeros(z.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([coef], max_iter=300, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
 
-    x = np.concatenate([feat_src, feat_tgt])
-    y = np.r_[np.zeros(len(feat_src)), np.ones(len(feat_tgt))]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300)).fit(x, y)
-    p = np.clip(clf.predict_proba(feat_val)[:, 1], 1e-6, 1 - 1e-6)
-    w = p / (1 - p) * len(feat_src) / len(feat_tgt)
-    weighted = w * loss_val
-    var = float(np.var(w, ddof=1)) if len(w) > 1 else 0.0
-    eta = -float(np.cov(weighted, w)[0, 1]) / var if var > 0 else 0.0
-    return float(weighted.mean() + eta * w.mean() - eta)
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(z @ coef[:-1] + coef[-1], y, reduction="sum")
+        loss = loss + (coef[:-1] ** 2).sum() / (2 * c)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        p = torch.sigmoid(zv @ coef[:-1] + coef[-1]).clamp(1e-6, 1 - 1e-6)
+        w = p / (1 - p) * len(fs) / len(ft)
+        weighted = w * lv
+        var = float(w.var()) if len(w) > 1 else 0.0
+        cov = float(((weighted - weighted.mean()) * (w - w.mean())).sum() / max(len(w) - 1, 1))
+        eta = -cov / var if var > 0 else 0.0
+        return float(weighted.mean() + eta * w.mean() - eta)
 
 
 class DANNTrainer(Base):
@@ -132,8 +145,7 @@ class DANNTrainer(Base):
         m.eval()
         logits = torch.cat([m.label(hs_val[i:i + 512]) for i in range(0, len(hs_val), 512)]).float()
         m.train()
-        return dev_estimate(fs.cpu().numpy(), ft.cpu().numpy(), hs_val.cpu().numpy(),
-                            F.cross_entropy(logits, self.src_val.labels, reduction="none").cpu().numpy())
+        return dev_estimate(fs, ft, hs_val, F.cross_entropy(logits, self.src_val.labels, reduction="none"))
 
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict[str, float]:
