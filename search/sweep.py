@@ -180,9 +180,8 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
         c.update_run(parent.info.run_id, status="RUNNING")
     pid = parent.info.run_id
 
-    mutable = tuple(d.key for d in st.search if d.key in PBT_MUTABLE.get(st.family, ()) and d.kind != "choice") \
-        if st.scheduler == "pbt" else ()
     pbt = st.scheduler == "pbt"
+    mutable = tuple(d.key for d in st.search if d.key in PBT_MUTABLE.get(st.family, ()) and d.kind != "choice") if pbt else ()
     trainable = tune.with_resources(tune.with_parameters(run_trial, family=st.family, mutable=mutable,
                                                          checkpoint_every=st.perturbation_interval if pbt else 1),
                                     {"cpu": st.cpu, "gpu": st.gpu})

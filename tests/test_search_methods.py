@@ -125,13 +125,19 @@ def test_dev_estimate_weights_the_source_samples_that_look_like_target() -> None
 # --- real sweeps ------------------------------------------------------------------------------------
 
 
-def write(tmp_path: Path, text: str) -> Path:
+def tiny_gan_spec(tmp_path: Path, epochs: int, rest: str) -> Path:
+    """A 4-trial GAN spec (width 16, tiny sizes, lr_g and lr_d searched, 2 trials at once) plus `rest`."""
     p = tmp_path / "spec.yaml"
-    p.write_text(text)
+    p.write_text(f"""
+family: gan
+config: {{model: A, width: 16, epochs: {epochs}, steps_per_epoch: 2, batch_size: 16, n_eval: 32, eval_every: 1, fid: off}}
+search:
+  lr_g: {{loguniform: [1.0e-5, 1.0e-3]}}
+  lr_d: {{loguniform: [1.0e-5, 1.0e-3]}}
+resources: {{cpu: 1, gpu: 0}}
+concurrency: 2
+{rest}""")
     return p
-
-
-TINY_GAN = "{model: A, width: 16, epochs: %d, steps_per_epoch: 2, batch_size: 16, n_eval: 32, eval_every: 1, fid: off}"
 
 
 def runs_of(root: Path) -> list:
@@ -145,17 +151,10 @@ def runs_of(root: Path) -> list:
 def test_pbt_gan_sweep_records_exploits_in_mlflow(tmp_path, cache_dir) -> None:
     """4 trials, 2 at a time, PBT every epoch: a bottom-quartile trial continues from a top one's
     checkpoint; its MLflow run names the donor and the epoch, its hp.lr_* metrics show the new values."""
-    spec = write(tmp_path, f"""
-family: gan
-config: {TINY_GAN % 5}
-search:
-  lr_g: {{loguniform: [1.0e-5, 1.0e-3]}}
-  lr_d: {{loguniform: [1.0e-5, 1.0e-3]}}
-start_from: [{{lr_g: 2.0e-4, lr_d: 2.0e-4}}]
+    spec = tiny_gan_spec(tmp_path, 5, """
+start_from: [{lr_g: 2.0e-4, lr_d: 2.0e-4}]
 metric: face_score
-budget: {{trials: 4, scheduler: pbt}}
-resources: {{cpu: 1, gpu: 0}}
-concurrency: 2
+budget: {trials: 4, scheduler: pbt}
 """)
     p = gentune("sweep", str(spec), "--storage", str(tmp_path / "s"), "--name", "pbt", check=False)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -179,16 +178,9 @@ concurrency: 2
 @pytest.fixture(scope="module")
 def two_objective_sweep(tmp_path_factory, cache_dir) -> Path:
     tmp = tmp_path_factory.mktemp("mo")
-    spec = write(tmp, f"""
-family: gan
-config: {TINY_GAN % 2}
-search:
-  lr_g: {{loguniform: [1.0e-5, 1.0e-3]}}
-  lr_d: {{loguniform: [1.0e-5, 1.0e-3]}}
+    spec = tiny_gan_spec(tmp, 2, """
 metric: [face_rate, diversity]
-budget: {{trials: 4}}
-resources: {{cpu: 1, gpu: 0}}
-concurrency: 2
+budget: {trials: 4}
 """)
     p = gentune("sweep", str(spec), "--storage", str(tmp / "s"), "--name", "mo", check=False)
     assert p.returncode == 0, p.stderr[-3000:]
