@@ -174,8 +174,11 @@ def _num(v: Any) -> float | None:
 
 
 def _plain(v: Any) -> Any:
-    """Ray keeps some trial fields JSON-encoded a second time; undo that where it is so."""
-    if isinstance(v, str):
+    """Ray keeps some trial fields JSON-encoded a second time; undo that where it is so.
+
+    Only strings, objects and lists are decoded: a bare token such as the trial id 759e2719 is
+    valid JSON too (a float, inf) but is meant as text."""
+    if isinstance(v, str) and v[:1] in ('"', "{", "["):
         try:
             return json.loads(v)
         except ValueError:
@@ -229,7 +232,7 @@ def read_ray_study(folder: Path) -> tuple[dict[str, dict[str, Any]], float | Non
                     "start": _num(_plain(runtime.get("start_time"))),
                     "last_time": _num(_plain(runtime.get("last_result_time"))),
                     "result": last if isinstance(last, dict) else None,
-                    "error": _plain(runtime.get("error_filename")) not in (None, "None", ""),
+                    "error": _plain(runtime.get("error_filename")) not in (None, "None", "null", ""),
                     "dir": str(_plain(meta.get("relative_logdir")) or ""),
                 }
         except (OSError, ValueError, TypeError, KeyError, IndexError) as e:

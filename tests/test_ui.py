@@ -178,6 +178,32 @@ def test_status_matches_mlflow(smoke_sweep):
     assert "best so far" in brief and "stop reason" not in brief
 
 
+def test_status_reads_trial_ids_that_look_like_numbers(smoke_sweep, tmp_path):
+    """Ray's 8-hex trial ids can read as JSON numbers (759e2719 is a float, inf; 12345678 an int):
+    the state file and the trial folders must still agree on them (a CI run once saw 3 trials of 2)."""
+    from analysis.status import read_ray_study
+
+    src = smoke_sweep["root"] / "dann-baselines"
+    old, _, _ = read_ray_study(src)
+    assert len(old) == 2
+    dst = tmp_path / "dann-baselines"
+    shutil.copytree(src, dst)
+    swap = dict(zip(sorted(old), ["759e2719", "12345678"]))
+    for f in [*dst.glob("experiment_state-*.json"), *dst.glob("*/result.json")]:
+        text = f.read_text()
+        for a, b in swap.items():
+            text = text.replace(a, b)
+        f.write_text(text)
+    for d in dst.iterdir():
+        for a, b in swap.items():
+            if a in d.name:
+                d.rename(dst / d.name.replace(a, b))
+    new, _, _ = read_ray_study(dst)
+    assert sorted(new) == sorted(swap.values())
+    assert {t["state"] for t in new.values()} == {"TERMINATED"}
+    assert all(t["result"]["trial_id"] == tid for tid, t in new.items())
+
+
 def test_status_missing_folder(tmp_path):
     for target, words in ((tmp_path / "nowhere", "does not exist"), (tmp_path, "no sweep.json")):
         p = gentune("status", str(target), check=False)
