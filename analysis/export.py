@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from analysis.errors import CheckpointError, DataError, GentuneError
+from trainables.errors import CheckpointError, DataError, GentuneError
 from analysis.sweepdata import check_out_file, check_parent, knee
 
 BUNDLE_FORMAT = "gentune-bundle"
@@ -33,8 +33,6 @@ BUNDLE_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "bundle.json"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# which parts of a trainer's state are model weights, per family
-MODEL_KEYS = {"gan": ("G", "D"), "ddpm": ("model",), "dann": ("model",)}
 MAX_IMAGES = 10000  # per `gentune generate`: one PNG grid (DDPM: 10000 x T network steps, hours on a CPU)
 DDPM_CHUNK = 500  # images sampled together by the DDPM (a chunk's activations must fit in memory)
 
@@ -67,30 +65,29 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def parse_config(family: str, flat: dict[str, Any], where: str):
     """The family's frozen config from a flat dict, refusing (CheckpointError) what does not parse."""
-    from trainables.config import config_class, from_flat
+    from trainables.config import from_flat
+    from trainables.families import config_class, known
 
-    if family not in MODEL_KEYS:
-        raise CheckpointError(f"{where}: unknown family {family!r}; expected gan, ddpm or dann")
+    if family not in known():
+        raise CheckpointError(f"{where}: unknown family {family!r}; expected one of {', '.join(known())}")
     try:
         return from_flat(config_class(family), dict(flat))
     except GentuneError as e:
         raise CheckpointError(f"{where}: its config does not parse: {e}") from None
 
 
+def model_keys(family: str) -> tuple[str, ...]:
+    """Which parts of the family trainer's state are model weights."""
+    from trainables.families import trainer_class
+
+    return tuple(trainer_class(family).MODEL_KEYS)
+
+
 def build_models(family: str, cfg) -> dict[str, nn.Module]:
     """The family's modules for `cfg`, keyed as in the trainer's state (weights not loaded)."""
-    if family == "gan":
-        from models.gan import build_gan
+    from trainables.families import trainer_class
 
-        g, d = build_gan(cfg.model, cfg.width)
-        return {"G": g, "D": d}
-    if family == "ddpm":
-        from models.ddpm import DDPM
-
-        return {"model": DDPM(cfg.n_feat)}
-    from models.dann import DANN
-
-    return {"model": DANN()}
+    return trainer_class(family).build_models(cfg)
 
 
 def load_models(family: str, cfg, state: dict[str, dict[str, torch.Tensor]], where: str,
@@ -113,7 +110,7 @@ def load_models(family: str, cfg, state: dict[str, dict[str, torch.Tensor]], whe
 def flatten_state(state: dict[str, Any], family: str) -> dict[str, torch.Tensor]:
     """Trainer state -> {"G.main.0.weight": tensor, ...}: the model state dicts only, contiguous CPU copies."""
     out: dict[str, torch.Tensor] = {}
-    for key in MODEL_KEYS[family]:
+    for key in model_keys(family):
         if key not in state:
             raise CheckpointError(f"the {family} checkpoint's state has no {key!r} weights")
         for k, v in state[key].items():
@@ -122,7 +119,7 @@ def flatten_state(state: dict[str, Any], family: str) -> dict[str, torch.Tensor]
 
 
 def unflatten_state(flat: dict[str, torch.Tensor], family: str) -> dict[str, dict[str, torch.Tensor]]:
-    out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in MODEL_KEYS[family]}
+    out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in model_keys(family)}
     for name, v in flat.items():
         head, _, rest = name.partition(".")
         if head not in out or not rest:
@@ -340,11 +337,10 @@ def data_fingerprints(family: str, cfg, quiet: bool = True) -> dict[str, str | N
     """The content fingerprint of each dataset split the trial trained/validated on (None where unreadable)."""
     from trainables.data import load_split
 
-    parts = {"gan": [("data", "train", 64, "faces")], "ddpm": [("data", "train", 28, "digits")],
-             "dann": [("source", "train", 32, "digits"), ("target", "train", 32, "digits"),
-                      ("source", "val", 32, "digits"), ("target", "val", 32, "digits")]}[family]
+    from trainables.families import family as family_of
+
     out: dict[str, str | None] = {}
-    for attr, split, size, kind in parts:
+    for attr, split, size, kind in family_of(family).data:
         try:
             out[f"{attr}.{split}"] = load_split(getattr(cfg, attr), split, size, kind, cfg.cache_dir, quiet=True).fingerprint
         except GentuneError as e:

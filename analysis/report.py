@@ -27,7 +27,7 @@ import torch
 
 from analysis import compare as C
 from analysis import export as E
-from analysis.errors import CheckpointError, GentuneError
+from trainables.errors import CheckpointError, GentuneError
 from analysis.sweepdata import ARTIFACTS, Study, Sweep, Trial, better, check_parent, varied_params
 
 REVERSE_STEPS = (500, 300, 100, 60, 40, 0)  # the report's steps, for T = 500
@@ -378,8 +378,8 @@ class Report:
         from sklearn.manifold import TSNE
 
         from analysis import plots
-        from trainables.config import config_class, from_flat
-        from trainables.loop import build_trainer
+        from trainables.config import from_flat
+        from trainables.families import build_trainer, config_class
 
         ckpt = self.sweep.load_checkpoint(t)
         flat = {**ckpt["config"], "device": self.device.type}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from analysis.errors import CheckpointError, GentuneError
+from trainables.errors import CheckpointError, GentuneError
 
 CHECKPOINT = "checkpoint.pt"
 LOCAL_DB = "mlflow.db"  # a local sweep's MLflow store, inside its folder

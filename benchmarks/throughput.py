@@ -33,7 +33,7 @@ Workloads (img/s counts real images through the network; DANN counts source + ta
 - dann: training steps (a plain zip-of-DataLoaders loop against DANNTrainer.train_epoch).
 - fid: Inception features of the generated images alone, then features and Frechet distance
   against cached real statistics (pytorch-fid's way: batches of 50, scipy sqrtm; gentune:
-  analysis.metrics.fid). Without the Inception weights file the network is randomly initialised:
+  trainables.metrics.fid). Without the Inception weights file the network is randomly initialised:
   a timing, not an FID.
 On CUDA also: peak GPU memory of one trial of each family and aggregate throughput of 1, 2 and 4
 trials packed on the GPU, each trial its own process (--pack).
@@ -383,7 +383,7 @@ class Bench:
 
     def run_fid(self) -> None:
         try:
-            from analysis.metrics import fid as F
+            from trainables.metrics import fid as F
         except ImportError as e:
             self.extra.append(f"fid: skipped ({e})")
             return

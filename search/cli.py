@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from analysis.errors import GentuneError
+from trainables.errors import GentuneError
 
 # Modules under search/commands, each with register(subparsers).
 COMMAND_MODULES = ("core", "sweep", "metrics", "analysis", "ui", "summary")

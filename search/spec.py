@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
-from analysis.errors import SpecError
-from trainables.config import DataConfig, config_class, flat_keys, from_flat, to_flat
+from trainables.errors import SpecError
+from trainables.config import DataConfig, flat_keys, from_flat, to_flat
+from trainables.families import Family, config_class, known
+from trainables.families import family as family_of
 
 DOMAIN_KINDS = ("loguniform", "uniform", "int", "choice")
 STUDY_KEYS = ("name", "family", "config", "search", "start_from", "metric", "mode", "budget", "resources", "concurrency", "smoke")
@@ -26,28 +28,12 @@ BUDGET_KEYS = ("trials", "scheduler", "searcher", "grace_period", "reduction_fac
 # with perturbed learning rates and label ranges
 SCHEDULERS = ("asha", "fifo", "pbt")
 SEARCHERS = ("tpe", "random")  # Optuna's TPE (seeded) or its random sampler, both with the `when` conditions
-# what PBT may change in a running trial: read by the trainer each step, or re-applied to its optimizers on restore
-PBT_MUTABLE = {"gan": ("lr_g", "lr_d", "real_label_lo", "real_label_hi", "fake_label_lo", "fake_label_hi", "label_flip")}
 RESOURCE_KEYS = ("cpu", "gpu")
 
-# --smoke: any spec shrunk in sizes only (epochs, steps, batch, evaluation sizes, T, width) to a run of
-# under a minute per trial on 2 CPU cores with the demo data. eval_every, the search space of every
-# other key, metrics and studies stay as written; a searched size is fixed to its smoke value.
-SMOKE_CONFIG: dict[str, dict[str, Any]] = {
-    "gan": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "n_eval": 32},
-    "ddpm": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 32, "n_feat": 32, "T": 25, "n_per_digit": 2},
-    "dann": {"epochs": 2, "steps_per_epoch": 4, "batch_size": 32},
-}
-SMOKE_DATA = {"gan": ("data",), "ddpm": ("data",), "dann": ("source", "target")}
-# metric "auto" (the GAN default): FID where the Inception weights are found, else face_score
-# (face rate times diversity, capped at 1), which a collapsed generator cannot win with faces alone
-DEFAULT_METRIC = {"gan": ("auto", "max"), "ddpm": ("acc", "max"), "dann": ("target_acc", "max")}
-METRICS = {  # what each family reports at evaluation epochs, and the direction that is better
-    "gan": {"fid": "min", "face_score": "max", "face_rate": "max", "diversity": "max"},
-    "ddpm": {"acc": "max"},
-    # source_acc and dev_risk (deep embedded validation) select without target labels
-    "dann": {"target_acc": "max", "source_acc": "max", "dev_risk": "min", "domain_acc": "min"},
-}
+# --smoke: any spec shrunk in sizes only (epochs, steps, batch, evaluation sizes, T, width: each family's
+# `smoke` in trainables.families) to a run of under a minute per trial on 2 CPU cores with the demo data.
+# eval_every, the search space of every other key, metrics and studies stay as written; a searched size
+# is fixed to its smoke value.
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -218,8 +204,8 @@ def parse_start_from(raw: Any, domains: tuple[Domain, ...], family: str, config:
     return tuple(out)
 
 
-def _check_data(family: str, cfg) -> None:
-    for part in SMOKE_DATA[family]:
+def _check_data(fam: Family, cfg) -> None:
+    for part in fam.data_keys:
         dc: DataConfig = getattr(cfg, part)
         if dc.source != "demo":
             if not dc.root:
@@ -232,19 +218,20 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     raw = _check_keys(f"studies[{index}]" if index >= 0 else "spec", raw, STUDY_KEYS + ("__set__",) + (() if index >= 0 else SWEEP_KEYS))
     family = raw.get("family")
     if family is None:
-        raise SpecError("spec: missing key 'family' (gan, ddpm or dann)")
-    cls = config_class(str(family))
+        raise SpecError(f"spec: missing key 'family' ({', '.join(known())})")
+    fam = family_of(str(family))
+    cls = fam.config
     valid = flat_keys(cls)
     config = _flatten(raw.get("config") or {})
     for k in config:
         if k not in valid:
             raise SpecError(f"config.{k}: unknown config key; valid keys: {', '.join(valid)}")
     if smoke:
-        small = dict(SMOKE_CONFIG[family])
+        small = dict(fam.smoke)
         if config.get("schedule") == "linear":  # the report's linear betas need their T to reach noise: T stays
             small.pop("T", None)
         config.update(small)
-        for part in SMOKE_DATA[family]:
+        for part in fam.data_keys:
             for k in [k for k in config if k.startswith(part + ".")]:
                 del config[k]
         config.update(_flatten(raw.get("smoke") or {}))
@@ -256,12 +243,12 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     cfg = from_flat(cls, config)  # types and ranges of the fixed values
     parsed = to_flat(cfg)
     config = {k: parsed[k] for k in config}  # as parsed: `fid: off` (YAML's False) is "off", "1e-4" a float
-    _check_data(family, cfg)
+    _check_data(fam, cfg)
     search_raw = raw.get("search") or {}
     if not isinstance(search_raw, dict):
         raise SpecError("search: expected a mapping of config key: domain")
     if smoke:  # a searched size is fixed to its smoke value; every other domain stays as written
-        search_raw = {k: v for k, v in search_raw.items() if k not in SMOKE_CONFIG[family] or k in set_keys}
+        search_raw = {k: v for k, v in search_raw.items() if k not in fam.smoke or k in set_keys}
     domains = tuple(parse_domain(k, v, valid) for k, v in search_raw.items())
     # a key fixed by --set to another value than a domain's `when` asks for: that domain is never sampled,
     # as the user chose (e.g. --set model=A drops model B's label ranges); written in the spec, it is an error
@@ -289,7 +276,7 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
         for v in ends:
             _check_value(family, d.key, v, config)
     starts_raw = raw.get("start_from")
-    fixed_now = set_keys | (set(SMOKE_CONFIG[family]) if smoke else set()) | {d.key for d in unmet}
+    fixed_now = set_keys | (set(fam.smoke) if smoke else set()) | {d.key for d in unmet}
     if isinstance(starts_raw, list):  # keys fixed by --set or --smoke are no longer searched; a point written
         # for the branch --set ruled out (the model B point under --set model=A: `model` decides a dropped domain) goes
         branch = {wk for d in unmet for wk, _ in d.when}
@@ -356,8 +343,8 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
 def parse_objectives(family: str, raw: dict, cfg) -> tuple[tuple[tuple[str, str], ...], bool]:
     """`metric:` one name, or a list of two or more (a multi-objective study: Optuna's multi-objective TPE
     and FIFO; `mode:` then a list of the same length, or each metric's usual direction)."""
-    known = METRICS[family]
-    metric_raw = raw.get("metric", DEFAULT_METRIC[family][0])
+    known = family_of(family).metrics
+    metric_raw = raw.get("metric", family_of(family).default_metric)
     mode_raw = raw.get("mode")
     many = isinstance(metric_raw, list)
     names = [str(m) for m in metric_raw] if many else [str(metric_raw)]
@@ -371,12 +358,12 @@ def parse_objectives(family: str, raw: dict, cfg) -> tuple[tuple[tuple[str, str]
     out, auto = [], False
     for i, metric in enumerate(names):
         where = f"metric[{i}]" if many else "metric"
-        if family == "dann" and metric == "target_test_acc":
-            raise SpecError(f"{where}: target_test_acc is the held-out half of the target labels, reported but never used "
-                            "to rank trials; rank on target_acc (the selection half), source_acc or dev_risk (label-free)")
-        if metric != "auto" and metric not in known and not (family == "ddpm" and metric.startswith("acc_w")):
+        fam = family_of(family)
+        if metric in fam.refused_metrics:
+            raise SpecError(f"{where}: {metric} {fam.refused_metrics[metric]}")
+        if metric != fam.default_metric and metric not in known and not metric.startswith(fam.metric_prefixes or ("\0",)):
             raise SpecError(f"{where}: {family} trials do not report {metric!r}; expected one of "
-                            f"{', '.join(['auto', *known] if family == 'gan' else known)}")
+                            f"{', '.join(dict.fromkeys([fam.default_metric, *known]))}")
         mode = modes[i] if modes[i] is not None and metric != "auto" else None
         if metric == "auto":  # FID where its weights are found (the report's measure), else face_score
             from trainables.fid import fid_weights_for
@@ -395,8 +382,10 @@ def check_pbt(family: str, domains: tuple[Domain, ...], searcher: str, interval:
     """What scheduler pbt can run: a family whose trainer takes new hyperparameters mid-run, Tune's random
     sampling (PBT picks the next configurations itself), no `when` on a searched key (Tune's sampling has
     no conditions), and perturbations at evaluated epochs."""
-    if family not in PBT_MUTABLE:
-        raise SpecError(f"budget.scheduler pbt: only the {', '.join(PBT_MUTABLE)} family's trainer takes new learning "
+    mutable = family_of(family).pbt_mutable
+    if not mutable:
+        with_pbt = [f.name for f in known().values() if f.pbt_mutable]
+        raise SpecError(f"budget.scheduler pbt: only the {', '.join(with_pbt)} family's trainer takes new learning "
                         f"rates mid-run; use asha or fifo for {family}")
     if searcher != "random":
         raise SpecError(f"budget.searcher {searcher} with scheduler pbt: PBT chooses configurations itself (it copies and "
@@ -407,8 +396,8 @@ def check_pbt(family: str, domains: tuple[Domain, ...], searcher: str, interval:
             if wk in searched:
                 raise SpecError(f"search.{d.key}.when: scheduler pbt samples with Tune's random search, which has no "
                                 f"conditions; fix {wk} (e.g. --set {wk}=...) or drop the condition")
-    if not any(d.key in PBT_MUTABLE[family] and d.kind in ("uniform", "loguniform") for d in domains):
-        raise SpecError(f"budget.scheduler pbt: nothing to perturb; search at least one of {', '.join(PBT_MUTABLE[family])} "
+    if not any(d.key in mutable and d.kind in ("uniform", "loguniform") for d in domains):
+        raise SpecError(f"budget.scheduler pbt: nothing to perturb; search at least one of {', '.join(mutable)} "
                         "with uniform or loguniform")
     if interval < 1 or interval % cfg.eval_every or interval >= cfg.epochs:
         raise SpecError(f"budget.perturbation_interval: {interval} must be a multiple of eval_every ({cfg.eval_every}) "

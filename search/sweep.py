@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from analysis.errors import SpecError
-from search.spec import PBT_MUTABLE, Domain, Spec, Study
+from trainables.errors import SpecError
+from search.spec import Domain, Spec, Study
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -114,7 +114,8 @@ class DefineByRun:
 
 
 def full_config(st: Study) -> dict[str, Any]:
-    from trainables.config import config_class, from_flat, to_flat
+    from trainables.config import from_flat, to_flat
+    from trainables.families import config_class
 
     return to_flat(from_flat(config_class(st.family), st.config))
 
@@ -128,12 +129,13 @@ def sweep_dir(spec: Spec, storage: str | None, name: str | None) -> str:
 
 def preflight(spec: Spec) -> None:
     """Checks that need more than the spec file: FID weights for an FID-ranked study, the digit evaluator."""
-    from trainables.config import config_class, from_flat
+    from trainables.config import from_flat
+    from trainables.families import config_class
 
     for st in spec.studies:
         cfg = from_flat(config_class(st.family), st.config)
         if st.family == "gan" and (st.metric == "fid" or cfg.fid == "on"):
-            from analysis.metrics.fid import require_weights
+            from trainables.metrics.fid import require_weights
 
             require_weights(cfg.fid_weights or None)
             if cfg.fid == "off":
@@ -142,22 +144,11 @@ def preflight(spec: Spec) -> None:
 
 def prepare(spec: Spec, quiet: bool) -> None:
     """Decode datasets and train the digit evaluator once in the driver, not once per concurrent trial."""
-    import torch
-
-    from trainables.config import config_class, from_flat
-    from trainables.data import load_split
-    from trainables.evaluator import ensure_evaluator
+    from trainables import families
+    from trainables.config import from_flat
 
     for st in spec.studies:
-        cfg = from_flat(config_class(st.family), st.config)
-        if st.family == "ddpm":
-            ensure_evaluator(cfg.data, torch.device("cpu"), cfg.cache_dir, quiet)
-        elif st.family == "gan":
-            load_split(cfg.data, "train", 64, "faces", cfg.cache_dir, quiet)
-        else:
-            for dc in (cfg.source, cfg.target):
-                for split in ("train", "val"):
-                    load_split(dc, split, 32, "digits", cfg.cache_dir, quiet)
+        families.prepare(st.family, from_flat(families.config_class(st.family), st.config), quiet)
 
 
 def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: bool, quiet: bool):
@@ -166,6 +157,7 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from search.tracking import MlflowTrials, client, find_run
+    from trainables import families
 
     parent = find_run(uri, exp_id, sweep=spec.name, study=st.name, kind="study")
     c = client(uri)
@@ -181,7 +173,7 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
     pid = parent.info.run_id
 
     pbt = st.scheduler == "pbt"
-    mutable = tuple(d.key for d in st.search if d.key in PBT_MUTABLE.get(st.family, ()) and d.kind != "choice") if pbt else ()
+    mutable = tuple(d.key for d in st.search if d.key in families.family(st.family).pbt_mutable and d.kind != "choice") if pbt else ()
     trainable = tune.with_resources(tune.with_parameters(run_trial, family=st.family, mutable=mutable,
                                                          checkpoint_every=st.perturbation_interval if pbt else 1),
                                     {"cpu": st.cpu, "gpu": st.gpu})

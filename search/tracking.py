@@ -27,7 +27,7 @@ def tracking_uri_for(sweep_dir: Path | None, explicit: str = "") -> str:
     if uri:
         return uri
     if sweep_dir is None or "://" in str(sweep_dir):
-        from analysis.errors import SpecError
+        from trainables.errors import SpecError
 
         raise SpecError("a sweep on remote storage needs an MLflow server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
     return default_tracking_uri(sweep_dir)
@@ -102,7 +102,8 @@ class MlflowTrials(Callback):
                 run = client(self.uri).create_run(self.exp_id, tags=tags, run_name=f"{self.study}-{trial.trial_id}")
                 from mlflow.entities import Param
 
-                from trainables.config import config_class, from_flat, to_flat
+                from trainables.config import from_flat, to_flat
+                from trainables.families import config_class
 
                 full = to_flat(from_flat(config_class(self.family), dict(trial.config)))  # every key, defaults included
                 params = [Param(k, str(v)[:500]) for k, v in sorted(full.items())]

@@ -127,7 +127,8 @@ def test_report_writes_every_figure_and_logs_them(smoke_sweep, sweep, tmp_path):
 # --- export / generate / predict -------------------------------------------------------------------
 
 def test_bundle_is_self_describing(sweep, bundles):
-    from trainables.config import config_class, from_flat
+    from trainables.config import from_flat
+    from trainables.families import config_class
     from trainables.data import load_split
 
     for study, path in bundles.items():
@@ -167,7 +168,8 @@ def test_generate_from_bundle_equals_checkpoint_sampling(sweep, bundles, tmp_pat
 
 
 def test_predict_reaches_the_trials_target_accuracy(sweep, bundles, tmp_path):
-    from trainables.config import config_class, from_flat
+    from trainables.config import from_flat
+    from trainables.families import config_class
     from trainables.data import load_split
 
     meta = json.loads((bundles["dann"] / "bundle.json").read_text())
@@ -225,7 +227,7 @@ def test_export_refuses_without_leaving_output(smoke_sweep, tmp_path):
 def test_tampered_truncated_or_mismatched_bundles_are_refused(bundles, tmp_path):
     import shutil
 
-    from analysis.errors import CheckpointError
+    from trainables.errors import CheckpointError
     from analysis.export import load_bundle
 
     def copy(study: str) -> Path:

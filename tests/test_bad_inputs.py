@@ -92,7 +92,8 @@ def dann_ckpt(**over) -> dict:
 def bundles(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """A GAN and a DANN bundle written by analysis.export.write_bundle from untrained models (no sweep needed)."""
     from analysis.export import build_models, write_bundle
-    from trainables.config import config_class, from_flat, to_flat
+    from trainables.config import from_flat, to_flat
+    from trainables.families import config_class
 
     base = tmp_path_factory.mktemp("bundles")
     out = {}
@@ -376,7 +377,7 @@ def test_catalogue_is_broad():
 
 @pytest.mark.parametrize("payload", ["code", "class"])
 def test_load_checkpoint_refuses_pickled_objects(tmp_path, payload):
-    from analysis.errors import CheckpointError
+    from trainables.errors import CheckpointError
     from trainables.loop import load_checkpoint
 
     marker = tmp_path / "pwned"

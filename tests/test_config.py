@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.errors import SpecError
+from trainables.errors import SpecError
 from search.spec import load_spec, parse_spec
 from trainables.config import DANNConfig, DDPMConfig, GANConfig, from_flat, to_flat
 from tests.conftest import SPECS

@@ -42,7 +42,7 @@ def test_evaluator_on_real_mnistm_subset() -> None:
 
 def test_gan_trial_reports_fid_when_weights_are_given(tmp_path, cache_dir) -> None:
     """The in-loop FID path with a weights file (random values in pytorch-fid's layout: no real weights here)."""
-    from analysis.metrics.fid import random_fid_state_dict
+    from trainables.metrics.fid import random_fid_state_dict
     from trainables.loop import fit
 
     w = tmp_path / "pt_inception-random.pth"
@@ -56,7 +56,7 @@ def test_gan_trial_reports_fid_when_weights_are_given(tmp_path, cache_dir) -> No
 
 
 def test_fid_on_without_weights_fails_before_training(tmp_path, monkeypatch) -> None:
-    from analysis.errors import GentuneError
+    from trainables.errors import GentuneError
     from trainables.loop import fit
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))

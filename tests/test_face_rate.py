@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from skimage.data import lfw_subset
 
-from analysis.errors import GentuneError
-from analysis.metrics import face
+from trainables.errors import GentuneError
+from trainables.metrics import face
 
 
 def _lfw_faces_64() -> list[np.ndarray]:

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from pytorch_fid import fid_score
 
-from analysis.errors import GentuneError
-from analysis.metrics import fid
+from trainables.errors import GentuneError
+from trainables.metrics import fid
 
 REPO = Path(__file__).resolve().parents[1]
 _REAL_SQRTM = scipy.linalg.sqrtm

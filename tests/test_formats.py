@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from analysis.errors import DataError
+from trainables.errors import DataError
 from trainables import formats
 from trainables.formats import (
     build_mnistm,

@@ -111,7 +111,7 @@ def test_everything_imports_on_a_bare_machine(prepared, tmp_path):
         assert "site" in yaml.__file__ and "site" in pytorch_fid.__file__, (yaml.__file__, pytorch_fid.__file__)
         for mod in ("benchmarks.gpu_check", "benchmarks.throughput", "benchmarks.reference", "search.cli", "search.spec",
                     "trainables.gan", "trainables.ddpm", "trainables.dann", "trainables.evaluator", "trainables.standalone",
-                    "analysis.metrics.fid", "torchvision.datasets"):
+                    "trainables.metrics.fid", "torchvision.datasets"):
             importlib.import_module(mod)
         from search.cli import build_parser
         build_parser()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.errors import SpecError
+from trainables.errors import SpecError
 from search.spec import load_spec, parse_spec
 from tests.conftest import SPECS, gentune
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from analysis.errors import SpecError
+from trainables.errors import SpecError
 from search.spec import load_spec, parse_spec
 from tests.conftest import SPECS, gentune
 from trainables.config import DDPMConfig, from_flat

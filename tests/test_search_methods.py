@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.errors import SpecError
+from trainables.errors import SpecError
 from analysis.sweepdata import knee, pareto_front
 from search.spec import load_spec, parse_spec
 from tests.conftest import REPO, SPECS, gentune

@@ -10,7 +10,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from analysis.errors import SpecError
+from trainables.errors import SpecError
 
 Auto = Literal["auto", "on", "off"]
 DataSource = Literal["demo", "report", "mnist", "mnistm", "svhn", "usps", "celeba", "folder"]
@@ -103,16 +103,6 @@ class DANNConfig(TrainConfig):
     lambda_schedule: Literal["fixed", "ramp"] = "fixed"
     source: DataConfig = field(default_factory=lambda: DataConfig(domain="mnistm"))
     target: DataConfig = field(default_factory=lambda: DataConfig(domain="usps"))
-
-
-FAMILIES: dict[str, type[TrainConfig]] = {"gan": GANConfig, "ddpm": DDPMConfig, "dann": DANNConfig}
-
-
-def config_class(family: str) -> type[TrainConfig]:
-    try:
-        return FAMILIES[family]
-    except KeyError:
-        raise SpecError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}") from None
 
 
 def flat_keys(cls: type) -> list[str]:

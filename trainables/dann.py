@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from analysis.errors import DataError
+from trainables.errors import DataError
 from models.dann import DANN, grad_reverse, lambda_at
 from trainables.common import Base, accuracy
 from trainables.config import DANNConfig
@@ -64,6 +64,11 @@ def dev_estimate(feat_src, feat_tgt, feat_val, loss_val, c: float = 0.1) -> floa
 class DANNTrainer(Base):
     family = "dann"
     cfg: DANNConfig
+    MODEL_KEYS = ("model",)
+
+    @staticmethod
+    def build_models(cfg: DANNConfig) -> dict[str, torch.nn.Module]:
+        return {"model": DANN()}
 
     def __init__(self, cfg: DANNConfig, quiet: bool = False) -> None:
         super().__init__(cfg, quiet)
@@ -72,7 +77,7 @@ class DANNTrainer(Base):
         self.src_val = self.data(cfg.source, "val", 32, "digits")
         self.tgt_val = self.data(cfg.target, "val", 32, "digits")
         self.tgt_select, self.tgt_test = selection_and_test(self.tgt_val)
-        self.model = DANN()
+        self.model = self.build_models(cfg)["model"]
         self.place(self.model)
         m = self.model
         # the report: Adam 1e-3 for extractor + label predictor, a second Adam 1e-3 for the domain classifier

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis.errors import DataError
+from trainables.errors import DataError
 from trainables.config import DataConfig
 
 CACHE_VERSION = 1

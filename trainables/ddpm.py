@@ -32,11 +32,23 @@ def w_key(w: float) -> str:
 class DDPMTrainer(Base):
     family = "ddpm"
     cfg: DDPMConfig
+    MODEL_KEYS = ("model",)  # the sampling weights (the EMA ones where there are)
+
+    @staticmethod
+    def build_models(cfg: DDPMConfig) -> dict[str, torch.nn.Module]:
+        return {"model": DDPM(cfg.n_feat)}
+
+    @staticmethod
+    def prepare(cfg: DDPMConfig, quiet: bool) -> None:
+        """Once in the sweep's driver, after its data are decoded: train the digit evaluator."""
+        from trainables.evaluator import ensure_evaluator
+
+        ensure_evaluator(cfg.data, torch.device("cpu"), cfg.cache_dir, quiet)
 
     def __init__(self, cfg: DDPMConfig, quiet: bool = False) -> None:
         super().__init__(cfg, quiet)
         self.train_set = self.data(cfg.data, "train", 28, "digits")
-        self.model = DDPM(cfg.n_feat)
+        self.model = self.build_models(cfg)["model"]
         self.place(self.model)
         self.schedule = noise_schedule(cfg, self.device)
         self.opt = self.adam(self.model.parameters(), cfg.lr)

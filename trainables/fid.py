@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from analysis.errors import GentuneError
+from trainables.errors import GentuneError
 from trainables.data import ImageSet, cache_root
 
 
 def fid_weights_for(cfg) -> str | None:
     """The weights file this config will use, None when FID is off (or auto and no file found)."""
-    from analysis.metrics.fid import find_weights, require_weights
+    from trainables.metrics.fid import find_weights, require_weights
 
     if cfg.fid == "off":
         return None
@@ -22,7 +22,7 @@ def fid_weights_for(cfg) -> str | None:
 
 def fid_for(trainer, real: ImageSet, fake_u8: torch.Tensor) -> dict[str, float]:
     """{"fid": value} for generated uint8 images against the real set, or {} when FID is off."""
-    from analysis.metrics import fid as F
+    from trainables.metrics import fid as F
 
     cfg = trainer.cfg
     if not hasattr(trainer, "_fid_state"):

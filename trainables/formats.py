@@ -7,7 +7,7 @@ Every dataset reader returns ``(images, labels)``:
 * ``labels``: int64 array of shape (N,) with digits 0..9, or None for unlabeled data (faces).
 
 Any bad input (missing file or folder, undecodable image, malformed header, label out of range...)
-raises :class:`analysis.errors.DataError` with a one-line message naming the file and what was
+raises :class:`trainables.errors.DataError` with a one-line message naming the file and what was
 expected. Nothing here needs torch; writing is limited to :func:`build_mnistm`.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from analysis.errors import DataError
+from trainables.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PathLike = str | os.PathLike

@@ -46,6 +46,12 @@ def diversity(x: torch.Tensor, n: int = 128) -> torch.Tensor:
 class GANTrainer(Base):
     family = "gan"
     cfg: GANConfig
+    MODEL_KEYS = ("G", "D")  # the parts of state() that are model weights (what export takes)
+
+    @staticmethod
+    def build_models(cfg: GANConfig) -> dict[str, torch.nn.Module]:
+        g, d = build_gan(cfg.model, cfg.width)
+        return {"G": g, "D": d}
 
     def __init__(self, cfg: GANConfig, quiet: bool = False) -> None:
         super().__init__(cfg, quiet)
@@ -53,7 +59,8 @@ class GANTrainer(Base):
 
         self.fid_weights = fid_weights_for(cfg)  # fid: on without weights fails here, before any training
         self.train_set = self.data(cfg.data, "train", 64, "faces")
-        self.G, self.D = build_gan(cfg.model, cfg.width)
+        m = self.build_models(cfg)
+        self.G, self.D = m["G"], m["D"]
         self.place(self.G, self.D)
         self.opt_g = self.adam(self.G.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
         if cfg.d_optimizer == "sgd":
@@ -122,7 +129,7 @@ class GANTrainer(Base):
         return fid_for(self, self.val_set, fake_u8)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        from analysis.metrics.face import face_rate
+        from trainables.metrics.face import face_rate
 
         fake = self.generate(self.fixed_noise)
         self._last_eval = fake

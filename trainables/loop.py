@@ -17,8 +17,9 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from analysis.errors import CheckpointError
-from trainables.config import TrainConfig, config_class, from_flat, to_flat
+from trainables.errors import CheckpointError
+from trainables.config import TrainConfig, from_flat, to_flat
+from trainables.families import build_trainer, config_class
 
 CHECKPOINT_FORMAT = 1
 
@@ -143,16 +144,6 @@ def load_checkpoint(path: Path | str, family: str | None = None) -> dict[str, An
     if family is not None and ckpt["family"] != family:
         raise CheckpointError(f"{path} is a {ckpt['family']} checkpoint, but a {family} one was expected")
     return ckpt
-
-
-def build_trainer(family: str, cfg: TrainConfig, quiet: bool = False) -> Trainer:
-    if family == "gan":
-        from trainables.gan import GANTrainer as cls
-    elif family == "ddpm":
-        from trainables.ddpm import DDPMTrainer as cls
-    else:
-        from trainables.dann import DANNTrainer as cls
-    return cls(cfg, quiet=quiet)  # type: ignore[return-value]
 
 
 def fit(

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.errors import SpecError
+from trainables.errors import SpecError
 
 ARCHS = ("gan-a", "gan-b", "ddpm", "dann")
 

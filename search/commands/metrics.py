@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from analysis.errors import GentuneError
+from trainables.errors import GentuneError
 
 _FID_DIMS = (64, 192, 768, 2048)
 
 
 def _fid(args: argparse.Namespace) -> int:
-    from analysis.metrics import fid  # imported here: torch/pytorch-fid load only when used
+    from trainables.metrics import fid  # imported here: torch/pytorch-fid load only when used
 
     if args.batch_size < 1:
         raise GentuneError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -29,7 +29,7 @@ def _fid(args: argparse.Namespace) -> int:
 
 
 def _face_rate(args: argparse.Namespace) -> int:
-    from analysis.metrics import face
+    from trainables.metrics import face
 
     rate, single, total = face.face_rate_folder(args.dir)
     print(f"face rate: {rate:.3f} ({single}/{total} images with exactly one face)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from analysis.errors import GentuneError
+    from trainables.errors import GentuneError
     from search.spec import load_spec
     from search.sweep import result_trial_id, run_sweep, summary_table, sweep_dir
 

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from analysis.errors import GentuneError
+from trainables.errors import GentuneError
 
 
 def planned_trials(info: dict) -> dict[str, int] | None:

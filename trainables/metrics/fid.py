@@ -37,7 +37,7 @@ from PIL import Image
 from pytorch_fid import inception as _pfi
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 
-from analysis.errors import DataError, GentuneError
+from trainables.errors import DataError, GentuneError
 
 __all__ = [
     "WEIGHTS_ENV",

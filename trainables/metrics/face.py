@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from analysis.errors import DataError
+from trainables.errors import DataError
 
 __all__ = ["UPSAMPLE", "face_count", "single_face_count", "face_rate", "face_rate_folder"]
 
