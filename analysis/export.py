@@ -32,7 +32,6 @@ BUNDLE_FORMAT = "gentune-bundle"
 BUNDLE_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "bundle.json"
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_IMAGES = 10000  # per `gentune generate`: one PNG grid (DDPM: 10000 x T network steps, hours on a CPU)
 DDPM_CHUNK = 500  # images sampled together by the DDPM (a chunk's activations must fit in memory)
 
@@ -51,14 +50,9 @@ def sha256_file(path: Path) -> str:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GentuneError(f"--device {name} was asked for but CUDA is not available; use auto or cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise GentuneError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, auto)") from None
+    from trainables.loop import resolve_device as resolve
+
+    return resolve(name, "--device")
 
 
 # --- models from a config and weights ---------------------------------------------------------------
@@ -195,12 +189,13 @@ class _Progress:
         log(f"gentune: {done}/{self.n} images in {fmt_seconds(now - self.t0)}, about {fmt_seconds(left)} left", False)
 
 
-def _time_one_step(net: nn.Module, batch: int, device: torch.device) -> float:
-    """Seconds of one network evaluation of the sampler's doubled batch (one of the T steps of a chunk)."""
-    x = torch.zeros(2 * batch, 3, 28, 28, device=device)
-    c = torch.zeros(2 * batch, dtype=torch.long, device=device)
-    t = torch.full((2 * batch, 1), 0.5, device=device)
-    drop = torch.cat([torch.zeros(batch, device=device), torch.ones(batch, device=device)])
+def _time_one_step(net: nn.Module, rows: int, device: torch.device) -> float:
+    """Seconds of one network evaluation of `rows` images (one of the T steps of a chunk: the sampler runs
+    the chunk twice, conditional and unconditional, except at w = 0)."""
+    x = torch.zeros(rows, 3, 28, 28, device=device)
+    c = torch.zeros(rows, dtype=torch.long, device=device)
+    t = torch.full((rows, 1), 0.5, device=device)
+    drop = torch.zeros(rows, device=device)
     t0 = time.perf_counter()
     net(x, c, t, drop)
     if device.type == "cuda":
@@ -244,12 +239,10 @@ def generate_images(family: str, cfg, models: dict[str, nn.Module], *, n: int | 
         w = default_guidance(cfg, metrics) if guidance is None else float(guidance)
         labels, nrow = ddpm_labels(n, digit, device)
         net = models["model"].eval()
-        if w == 0 and device.type != "cuda":  # (the CUDA sampler skips the unconditional half itself)
-            net = _CondOnly(net).eval()
         chunks = labels.split(DDPM_CHUNK)
         about = ""
         if not quiet:
-            about = f", about {fmt_seconds(_time_one_step(net, len(chunks[0]), device) * cfg.T * len(chunks))}"
+            about = f", about {fmt_seconds(_time_one_step(net, len(chunks[0]) * (1 if w == 0 else 2), device) * cfg.T * len(chunks))}"
         log(f"gentune: sampling {n} digit(s) with the DDPM (T={cfg.T}, w={w:g}) on {device} "
             f"(grid {'x'.join(map(str, grid_size(n, nrow, 28, 28)))} px{about}) ...", quiet)
         schedule = noise_schedule(cfg, device)
@@ -266,20 +259,6 @@ def generate_images(family: str, cfg, models: dict[str, nn.Module], *, n: int | 
         return torch.cat(xs), {k: torch.cat(v) for k, v in kept.items()}, {
             "n": n, "seed": seed, "w": w, "labels": labels.cpu().tolist(), "nrow": nrow}
     raise GentuneError(f"a {family} model does not generate images; use `gentune predict` for DANN bundles")
-
-
-class _CondOnly(nn.Module):
-    """With w = 0 the guided eps is (1 + 0) eps_cond - 0 eps_uncond = eps_cond: run the network on the
-    conditional half of the sampler's doubled batch only and return zeros for the other half (half the work)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0] // 2
-        eps = self.model(x[:n], c[:n], t[:n], drop[:n])
-        return torch.cat([eps, torch.zeros_like(eps)])
 
 
 def image_grid(x: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -486,12 +465,14 @@ def read_images(folder: str | Path, size: int = 32) -> tuple[list[str], torch.Te
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from trainables.files import IMAGE_SUFFIXES, image_files
+
     d = Path(folder).expanduser()
     if not d.is_dir():
         raise DataError(f"image folder {d} does not exist")
-    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    files = image_files(d)
     if not files:
-        raise DataError(f"{d} holds no images ({', '.join(IMAGE_EXTS)})")
+        raise DataError(f"{d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     out = []
     for p in files:
         try:

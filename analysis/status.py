@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from analysis.sweepdata import read_sweep_json, sqlite_path, tracking_uri_of
+from analysis.sweepdata import all_runs, read_sweep_json, sqlite_path, tracking_uri_of, trial_id_of
 
 # What a trial came to, in the order they are listed.
 OUTCOMES = ("running", "pending", "completed", "early-stopped", "diverged", "error", "killed")
@@ -202,15 +202,6 @@ def _last_json_line(path: Path) -> dict | None:
     return None
 
 
-def _trial_id_from_dir(name: str) -> str | None:
-    # Tune names trial folders <trainable>_<trial id>_<index>_<params>_<date>; our trainable is run_trial.
-    parts = name.split("_")
-    for i, p in enumerate(parts[:-1]):
-        if p == "trial" and i + 1 < len(parts) and len(parts[i + 1]) >= 5:
-            return parts[i + 1]
-    return None
-
-
 def read_ray_study(folder: Path) -> tuple[dict[str, dict[str, Any]], float | None, list[str]]:
     """Trials of one Tune experiment folder: {trial_id: {state, start, last_time, result, error}}, study start, notes."""
     trials: dict[str, dict[str, Any]] = {}
@@ -240,7 +231,7 @@ def read_ray_study(folder: Path) -> tuple[dict[str, dict[str, Any]], float | Non
     # Trial folders: newer results than the state file, and trials the state file does not list yet.
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
         res = _last_json_line(d / "result.json") if (d / "result.json").exists() else None
-        tid = str(res.get("trial_id")) if res and res.get("trial_id") else _trial_id_from_dir(d.name)
+        tid = trial_id_of(d)
         if not tid or not (res or (d / "params.json").exists()):
             continue
         t = trials.setdefault(tid, {"state": "", "start": None, "last_time": None, "result": None, "error": False, "dir": d.name})
@@ -269,17 +260,8 @@ def read_mlflow(uri: str, experiment_id: str, sweep: str) -> tuple[list, list[st
         from mlflow.entities import ViewType
         from mlflow.tracking import MlflowClient
 
-        c = MlflowClient(tracking_uri=uri)
-        runs, token = [], None
         flt = f"tags.`gentune.sweep` = '{sweep}'" if sweep else ""
-        while True:
-            page = c.search_runs([str(experiment_id)], filter_string=flt, run_view_type=ViewType.ACTIVE_ONLY,
-                                 max_results=1000, page_token=token)
-            runs.extend(page)
-            token = getattr(page, "token", None)
-            if not token:
-                break
-        return runs, notes
+        return all_runs(MlflowClient(tracking_uri=uri), experiment_id, flt, run_view_type=ViewType.ACTIVE_ONLY), notes
     except Exception as e:  # a server that is down, a store of another MLflow version: report, use Ray's files
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return [], [f"MLflow store {uri} unreadable ({msg[:200]}); trial states from Ray's folders only"]

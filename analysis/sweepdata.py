@@ -315,15 +315,8 @@ class Sweep:
         return exp.experiment_id
 
     def _runs(self, kind: str) -> list:
-        out, token = [], None
-        while True:
-            with self.store_errors():
-                page = self.client.search_runs([self.experiment_id], filter_string=f"tags.`gentune.kind` = '{kind}'",
-                                               max_results=1000, page_token=token)
-            out += list(page)
-            token = getattr(page, "token", None)
-            if not token:
-                return out
+        with self.store_errors():
+            return all_runs(self.client, self.experiment_id, f"tags.`gentune.kind` = '{kind}'")
 
     @cached_property
     def studies(self) -> dict[str, Study]:
@@ -462,6 +455,17 @@ class Sweep:
         from trainables.loop import load_checkpoint
 
         return load_checkpoint(self.checkpoint_path(trial), trial.family or None)
+
+
+def all_runs(client, experiment_id: str, filter_string: str = "", **kw) -> list:
+    """Every run of an experiment matching the filter: MLflow's search_runs, page after page."""
+    out, token = [], None
+    while True:
+        page = client.search_runs([str(experiment_id)], filter_string=filter_string, max_results=1000, page_token=token, **kw)
+        out += list(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return out
 
 
 def trial_id_of(d: Path) -> str | None:

@@ -167,7 +167,7 @@ class GuidedSampler:
     (network, guidance, update): 500 steps of a small network are otherwise bound by kernel
     launches. The noise is drawn outside the graph from the same generator in the same order, so
     the result equals the eager path's up to float rounding (cuDNN may pick other kernels). With
-    w = 0 the graph runs the conditional half only ((1 + 0) eps_c - 0 eps_u = eps_c). Graphs are
+    w = 0 both paths run the conditional half only ((1 + 0) eps_c - 0 eps_u = eps_c). Graphs are
     kept per (batch, size, autocast) on this sampler: reuse one sampler for several w, drop it to
     free the graph's memory. `cuda_graph=False` forces the eager path; CPU always runs eager.
     """
@@ -190,17 +190,19 @@ class GuidedSampler:
             return self._sample_graphed(labels, w, generator, keep_at, size)
         s, device = self.schedule, labels.device
         n = labels.shape[0]
+        half = w == 0  # (1 + 0) eps_c - 0 eps_u = eps_c: the conditional half alone, half the work
         x = torch.randn((n, *size), device=device, generator=generator)
-        c = torch.cat([labels, labels])
-        drop = torch.cat([torch.zeros(n, device=device), torch.ones(n, device=device)])
+        c = labels if half else torch.cat([labels, labels])
+        drop = torch.zeros(n, device=device) if half else torch.cat([torch.zeros(n, device=device), torch.ones(n, device=device)])
         kept: dict[int, torch.Tensor] = {}
         if s.T in keep_at:
             kept[s.T] = x.clone()
         for i in range(s.T, 0, -1):
-            t = torch.full((2 * n, 1), i / s.T, device=device)
+            t = torch.full((len(c), 1), i / s.T, device=device)
             z = torch.randn((n, *size), device=device, generator=generator) if i > 1 else torch.zeros_like(x)
-            eps = self.model(torch.cat([x, x]), c, t, drop).float()
-            eps = (1 + w) * eps[:n] - w * eps[n:]
+            eps = self.model(x if half else torch.cat([x, x]), c, t, drop).float()
+            if not half:
+                eps = (1 + w) * eps[:n] - w * eps[n:]
             x = s.oneover_sqrta[i] * (x - eps * s.mab_over_sqrtmab[i]) + s.sqrt_beta_t[i] * z
             if i - 1 in keep_at:
                 kept[i - 1] = x.clone()

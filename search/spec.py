@@ -499,7 +499,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             val = value  # not YAML: the plain string
         if key.rsplit(".", 1)[-1] in PATH_KEYS and isinstance(val, str) and val and "://" not in val:
             val = str(Path(val).expanduser().resolve())
-        if key in SWEEP_KEYS and key != "studies":
+        # sweep keys by name, except `seed`, which is also every family's config key: `--set seed=N` seeds the
+        # trials (like any config key), `--set sweep.seed=N` the sampler
+        if key.startswith("sweep.") and key[6:] in SWEEP_KEYS and key[6:] != "studies":
+            raw[key[6:]] = val
+            continue
+        if key in SWEEP_KEYS and key not in ("studies", "seed"):
             raw[key] = val
             continue
         targets = raw["studies"] if isinstance(raw.get("studies"), list) else [raw]

@@ -420,10 +420,10 @@ def _res(d: dict) -> str:
 
 def _write_json(path: Path, obj: Any) -> None:
     """Atomic: `gentune status` reads these files while the driver writes them."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+    from trainables.files import atomic_open
+
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, default=str)
-    os.chmod(f.name, 0o644)  # as a plain open() would make it, not the temporary file's 0600
-    os.replace(f.name, path)
 
 
 def result_trial_id(r) -> str:
@@ -536,9 +536,12 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
     try:
         if not ray.is_initialized():
             try:
-                # "local": a new instance, never a cluster some earlier `ray start` left running
+                # "local": a new instance, never a cluster some earlier `ray start` left running. Family
+                # modules (GENTUNE_FAMILIES) reach the workers of every node through the job's environment.
+                plugins = {k: os.environ[k] for k in ("GENTUNE_FAMILIES",) if os.environ.get(k)}
                 ray.init(address=address or "local", include_dashboard=False, log_to_driver=not quiet,
-                         logging_level="WARNING", configure_logging=True)
+                         logging_level="WARNING", configure_logging=True,
+                         runtime_env={"env_vars": plugins} if plugins else None)
             except ConnectionError as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise SpecError(f"--address {address}: cannot join the Ray cluster ({first[:200]})") from None

@@ -100,3 +100,28 @@ def test_set_and_smoke_precedence() -> None:
     assert st.config["epochs"] == 3 and st.config["lr"] == 0.002  # --set beats --smoke
     assert "lr" not in {d.key for d in st.search}  # a fixed value replaces its search domain
     assert st.config["steps_per_epoch"] == 4 and st.trials <= 2
+
+
+def test_set_seed_seeds_the_trials_and_sweep_seed_the_sampler() -> None:
+    """`seed` is a config key of every family and the sweep's sampler seed: --set seed=N is the config key
+    (like every bare --set key), --set sweep.seed=N the sampler's."""
+    spec = load_spec(SPECS / "quickstart.yaml", ["seed=7"])
+    assert spec.seed == 0 and {st.config["seed"] for st in spec.studies} == {7}
+    spec = load_spec(SPECS / "quickstart.yaml", ["sweep.seed=5"])
+    assert spec.seed == 5 and all(st.config.get("seed", 0) == 0 for st in spec.studies)
+    spec = load_spec(SPECS / "dann.yaml", ["sweep.seed=3", "seed=4", "sweep.name=other"])
+    assert (spec.seed, spec.name, spec.studies[0].config["seed"]) == (3, "other", 4)
+
+
+def test_resolve_device_names_the_setting() -> None:
+    import torch
+
+    from trainables.errors import GentuneError
+    from trainables.loop import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(GentuneError, match=r"--device 'gpu0' is not a torch device"):
+        resolve_device("gpu0", "--device")
+    if not torch.cuda.is_available():
+        with pytest.raises(GentuneError, match="device cuda:1 was asked for but CUDA is not available"):
+            resolve_device("cuda:1")

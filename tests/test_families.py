@@ -23,6 +23,24 @@ resources: {cpu: 1, gpu: 0}
 """
 
 
+@pytest.fixture
+def toy_registered():
+    """The toy family registered in this process for one test, and gone afterwards."""
+    import importlib
+    import sys
+
+    from trainables.families import FAMILIES, load_plugins
+
+    if "tests.toy_family" in sys.modules:
+        importlib.reload(sys.modules["tests.toy_family"])  # registers again
+    else:
+        load_plugins("tests.toy_family")
+    try:
+        yield
+    finally:
+        FAMILIES.pop("toy", None)
+
+
 def test_unknown_family_names_the_known_ones():
     from search.spec import parse_spec
     from trainables.families import family
@@ -33,13 +51,11 @@ def test_unknown_family_names_the_known_ones():
         parse_spec({"family": "toy", "config": {}})
 
 
-def test_a_registered_family_parses_and_trains_in_process(cache_dir):
+def test_a_registered_family_parses_and_trains_in_process(cache_dir, toy_registered):
     """Registering is all it takes: the spec parser knows its keys and metric, fit() trains it."""
     from search.spec import parse_spec
-    from trainables.families import load_plugins
     from trainables.loop import fit
 
-    load_plugins("tests.toy_family")
     st = parse_spec({"family": "toy", "config": {"epochs": 2, "steps_per_epoch": 5},
                      "search": {"lr": {"loguniform": [1e-3, 1e-2]}}}).studies[0]
     assert (st.metric, st.mode) == ("val_acc", "max")
@@ -62,7 +78,7 @@ def test_missing_family_module_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_fourth_family_end_to_end(tmp_path, cache_dir):
+def test_fourth_family_end_to_end(tmp_path, cache_dir, toy_registered):
     spec = tmp_path / "toy.yaml"
     spec.write_text(TOY_SPEC)
     p = gentune("train", str(spec), "--out", str(tmp_path / "train"), "--quiet", env=TOY_ENV)
@@ -85,9 +101,7 @@ def test_fourth_family_end_to_end(tmp_path, cache_dir):
     assert meta["family"] == "toy" and meta["trial_id"] == best["trial_id"], p.stderr
     assert abs(meta["metrics"]["val_acc"] - best["value"]) < 1e-9
     from analysis.export import load_bundle
-    from trainables.families import load_plugins
 
-    load_plugins("tests.toy_family")
     b = load_bundle(tmp_path / "bundle", "toy")  # weights verified and loaded strictly into the toy model
     assert set(b.models) == {"model"}
 

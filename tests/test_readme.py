@@ -95,14 +95,14 @@ def test_quickstart_script(tmp_path) -> None:
     root = tmp_path / "qs"
     assert (root / "report" / "index.html").exists() and (root / "export" / "dann" / "bundle.json").exists()
     assert (root / "export" / "ddpm" / "samples.png").exists()
-    # the final table: the models learned (measured on this 2-core CPU: GAN A face rate 0.39 with diversity
-    # 0.81 after 300 steps; DDPM 0.28 on fresh samples at w=4; DANN 0.83 vs source-only 0.27)
+    # the final table: the models learned, as issue "Real sweeps" asks (measured on this 2-core CPU: GAN A
+    # width 32 face rate 0.73 after 600 steps; DDPM n_feat 24 0.78 on fresh samples; DANN above source-only)
     from analysis.summary import summary_rows
     from analysis.sweepdata import Sweep
 
     rows = {(r[0], r[1].split(" (")[0]): r[3] for r in summary_rows(Sweep(root))}
     num = lambda text, key: float(text.split(key + " ", 1)[1].split(",")[0].split(" ")[0])  # noqa: E731
-    assert num(rows[("gan", "best by face_score")], "face rate") >= 0.2, rows
-    assert num(rows[("ddpm", "best by acc")], "acc") >= 0.2, rows  # chance: 0.1
+    assert num(rows[("gan", "best by face_score")], "face rate") >= 0.5, rows
+    assert num(rows[("ddpm", "best by acc")], "acc") >= 0.3, rows  # chance: 0.1
     assert num(rows[("dann", "dann")], "target test acc") > num(rows[("dann", "source-only")], "target test acc") + 0.1, rows
     assert "What sweep qs reached" in p.stdout

@@ -4,9 +4,7 @@ and DDPM guidance is chosen without peeking."""
 from __future__ import annotations
 
 import json
-import math
 import os
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.files import IMAGE_SUFFIXES, atomic_open
 from trainables.errors import DataError
 from trainables.config import DataConfig
 
 CACHE_VERSION = 1
 DIGIT_DOMAINS = ("mnistm", "usps", "svhn")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @dataclass
@@ -173,10 +172,8 @@ def load_split(dc: DataConfig, split: str, size: int, kind: str, cache_dir: str 
     x = _to_tensor(images, size)
     y = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     fp = content_fingerprint(x, y)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+    with atomic_open(path) as f:
         torch.save({"images": x, "labels": y, "fingerprint": fp}, f)
-    os.replace(f.name, path)
     if not quiet:
         print(f"gentune: cached {len(x)} images of {name} ({fp})", file=sys.stderr)
     return ImageSet(x, y, fp, name)

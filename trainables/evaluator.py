@@ -2,14 +2,13 @@
 of a digit domain, cached per dataset fingerprint with its own validation accuracy beside it."""
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 
 import torch
 import torch.nn.functional as F
 
 from models.classifier import DigitClassifier
+from trainables.files import atomic_open
 from trainables.common import accuracy
 from trainables.config import DataConfig
 from trainables.data import ImageSet, batches, cache_root, load_split
@@ -60,10 +59,8 @@ def ensure_evaluator(dc: DataConfig, device: torch.device, cache_dir: str = "", 
     if not quiet:
         print(f"gentune: training the digit evaluator on {train.name} ({len(train)} images) ...", file=sys.stderr)
     model, val_acc = train_classifier(train, val, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+    with atomic_open(path) as f:
         torch.save({"state": {k: v.cpu() for k, v in model.state_dict().items()}, "val_acc": val_acc}, f)
-    os.replace(f.name, path)
     if not quiet:
         print(f"gentune: digit evaluator validation accuracy {val_acc:.4f}", file=sys.stderr)
     return model, val_acc

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from trainables.errors import DataError
+from trainables.files import image_files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PathLike = str | os.PathLike
 
 
@@ -72,8 +72,7 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def _list_images(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [p.name for p in image_files(folder)]
 
 
 def _read_text(path: Path, what: str) -> list[str]:
@@ -103,7 +102,7 @@ def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
 def read_image_folder(folder: PathLike, names: Sequence[str] | None = None) -> np.ndarray:
     """Read a folder of images into a uint8 (N, H, W, 3) RGB array.
 
-    Without ``names``: every ``*.png`` / ``*.jpg`` / ``*.jpeg`` file in ``folder``, sorted by name.
+    Without ``names``: every image file in ``folder`` (trainables.files.IMAGE_SUFFIXES), sorted by name.
     With ``names``: exactly those files of ``folder``, in that order. All images must share one
     size; an empty selection, a missing file or an undecodable image raises DataError.
     """
@@ -112,7 +111,7 @@ def read_image_folder(folder: PathLike, names: Sequence[str] | None = None) -> n
     if names is None:
         names = _list_images(folder)
         if not names:
-            raise DataError(f"image folder {folder} has no .png or .jpg images")
+            raise DataError(f"image folder {folder} has no image files (.png, .jpg, ...)")
     elif len(names) == 0:
         raise DataError(f"no images selected from {folder}")
     images: np.ndarray | None = None
@@ -136,13 +135,13 @@ def read_image_folder(folder: PathLike, names: Sequence[str] | None = None) -> n
 
 
 def read_photos(folder: PathLike) -> list[np.ndarray]:
-    """Read every ``*.png`` / ``*.jpg`` / ``*.jpeg`` in ``folder`` (sorted by name) as a list of
+    """Read every image file in ``folder`` (sorted by name) as a list of
     (H, W, 3) uint8 RGB arrays of any sizes, e.g. the BSDS500 photos for :func:`build_mnistm`."""
     folder = Path(folder)
     _require_dir(folder, "photo folder")
     names = _list_images(folder)
     if not names:
-        raise DataError(f"photo folder {folder} has no .png or .jpg images")
+        raise DataError(f"photo folder {folder} has no image files (.png, .jpg, ...)")
     return [_decode(folder / n) for n in names]
 
 

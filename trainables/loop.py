@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from trainables.errors import CheckpointError
+from trainables.files import atomic_open
+from trainables.errors import CheckpointError, GentuneError
 from trainables.config import TrainConfig, from_flat, to_flat
 from trainables.families import build_trainer, config_class
 
@@ -67,12 +66,16 @@ def code_version() -> str:
         return "unknown"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("device 'cuda' was asked for but CUDA is not available; use device=auto or cpu")
+def resolve_device(name: str = "auto", what: str = "device") -> torch.device:
+    """auto = CUDA where there is one; `what` names the setting in errors (device=..., --device)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GentuneError(f"{what} {name} was asked for but CUDA is not available; use auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise GentuneError(f"{what} {name!r} is not a torch device (cpu, cuda, cuda:1, auto)") from None
 
 
 def flag(value: str, device: torch.device) -> bool:
@@ -123,10 +126,8 @@ def set_rng_state(s: dict[str, torch.Tensor], device: torch.device) -> None:
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
     """Atomic write: a reader never sees half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+    with atomic_open(path) as f:
         torch.save(ckpt, f)
-    os.replace(f.name, path)
 
 
 def load_checkpoint(path: Path | str, family: str | None = None) -> dict[str, Any]:

@@ -63,7 +63,8 @@ def register(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("spec", help="sweep spec YAML (search/specs/*.yaml or your own)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (fixes it, removing its search domain) or budget.*/resources.*/metric/mode/seed")
+                   help="override a config key (fixes it, removing its search domain; seed= seeds the trials) or "
+                        "budget.*/resources.*/metric/mode, or sweep.seed= (the sampler's seed)")
     p.add_argument("--storage", default=None, help="folder or URI (s3://, gs://) holding sweeps; default: the spec's storage (runs)")
     p.add_argument("--name", default=None, help="sweep name (folder and MLflow experiment); default: the spec's name")
     p.add_argument("--address", default=None, help="Ray cluster to join: auto or HOST:PORT; default: start a local Ray instance")

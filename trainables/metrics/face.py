@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 from trainables.errors import DataError
+from trainables.files import IMAGE_SUFFIXES, image_files
 
 __all__ = ["UPSAMPLE", "face_count", "single_face_count", "face_rate", "face_rate_folder"]
 
 #: The grader's setting: upsample the image once before detection (finds faces down to ~40 px).
 UPSAMPLE = 1
-_IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
 
 _detector: Any = None
 _detector_lock = threading.Lock()
@@ -80,9 +80,9 @@ def face_rate_folder(directory: Union[str, Path]) -> tuple[float, int, int]:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"image folder {directory} does not exist")
-    files = sorted(f for ext in _IMAGE_EXTENSIONS for f in directory.glob(f"*.{ext}"))
+    files = image_files(directory)
     if not files:
-        raise DataError(f"no images ({', '.join(_IMAGE_EXTENSIONS)}) in {directory}")
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
 
     def read(path: Path) -> np.ndarray:
         try:

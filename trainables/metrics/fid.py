@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -34,9 +33,11 @@ from typing import Union
 import numpy as np
 import torch
 from PIL import Image
+from pytorch_fid import fid_score as _fid_score
 from pytorch_fid import inception as _pfi
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 
+from trainables.files import atomic_open
 from trainables.errors import DataError, GentuneError
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
     "save_stats",
     "load_stats",
     "cached_real_stats",
-    "folder_images",
     "stats_of_path",
     "fid_between",
 ]
@@ -64,8 +64,8 @@ __all__ = [
 WEIGHTS_ENV = "GENTUNE_FID_WEIGHTS"
 #: pytorch-fid's file name; torch.hub keeps downloads under <hub dir>/checkpoints/<this name>.
 WEIGHTS_FILENAME = os.path.basename(FID_WEIGHTS_URL)
-#: Same set as pytorch-fid's fid_score.IMAGE_EXTENSIONS (lower case, non-recursive glob).
-IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
+#: pytorch-fid's own set (lower case, non-recursive glob), so a folder's FID reads the files pytorch-fid reads.
+IMAGE_EXTENSIONS = tuple(sorted(_fid_score.IMAGE_EXTENSIONS))
 
 ImageBatch = Union[torch.Tensor, np.ndarray]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -433,15 +433,8 @@ def frechet_distance(
 def save_stats(path: PathLike, mu: np.ndarray, sigma: np.ndarray) -> Path:
     """Write pytorch-fid's stats format (`np.savez_compressed`, keys mu and sigma), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:  # a file object, so numpy does not append ".npz"
-            np.savez_compressed(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:  # a file object, so numpy does not append ".npz"
+        np.savez_compressed(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
     return path
 
 
@@ -519,19 +512,6 @@ def _folder_batches(files: Sequence[Path], batch_size: int) -> Iterator[torch.Te
             yield torch.stack(imgs)
         else:  # mixed sizes: each image alone (the network resizes everything to 299 anyway)
             yield [im.unsqueeze(0) for im in imgs]
-
-
-def folder_images(folder: PathLike) -> torch.Tensor:
-    """All images of a folder as one (N, 3, H, W) uint8 tensor (they must share a size)."""
-    folder = Path(folder)
-    files = _image_files(folder)
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
-    imgs = [_read_rgb(f) for f in files]
-    for f, im in zip(files, imgs):
-        if im.shape != imgs[0].shape:
-            raise DataError(f"image {f} is {tuple(im.shape[1:])}, but {files[0]} is {tuple(imgs[0].shape[1:])}")
-    return torch.stack(imgs)
 
 
 def stats_of_path(
