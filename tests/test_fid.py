@@ -339,3 +339,11 @@ def test_cli_fid_between_npz_files(tmp_path, capsys):
     assert main(["fid", str(tmp_path / "1.npz"), str(tmp_path / "2.npz"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert float(out.split(":")[1]) == pytest.approx(fid.frechet_distance(mu1, s1, mu2, s2), rel=1e-12)
+
+
+def test_folder_listing_matches_pytorch_fids_extensions():
+    from pytorch_fid.fid_score import IMAGE_EXTENSIONS as THEIRS
+
+    from trainables.metrics.fid import IMAGE_EXTENSIONS
+
+    assert set(IMAGE_EXTENSIONS) == set(THEIRS)

@@ -367,7 +367,7 @@ def test_mismatched_image_sizes(tmp_path):
 
 def test_empty_splits(tmp_path):
     (tmp_path / "face" / "train").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"image folder .*face.train has no \.png or \.jpg images"):
+    with pytest.raises(DataError, match=r"image folder .*face.train has no image files \(\.png, \.jpg, \.\.\.\)"):
         read_report_faces(tmp_path, "train")
     root = _digits_layout(tmp_path / "r", [])
     with pytest.raises(DataError, match=r"train\.csv lists no images: the train split of usps is empty"):

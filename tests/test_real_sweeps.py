@@ -79,7 +79,7 @@ def test_set_that_contradicts_a_when_drops_that_domain_and_its_start_point() -> 
     the start point written for model B; the same contradiction written in the spec stays an error."""
     st = load_spec(SPECS / "quickstart.yaml", ["model=A"]).studies[0]
     assert [d.key for d in st.search] == ["lr_g", "lr_d", "d_optimizer"]
-    assert st.start_from == ({"lr_g": 2.0e-4, "lr_d": 2.0e-4, "d_optimizer": "adam"},)
+    assert st.start_from == ({"lr_g": 4.0e-4, "lr_d": 1.0e-4, "d_optimizer": "adam"},)
     assert "search.real_label_lo dropped: it is searched when model=B, and --set fixed model=A" in st.notes
 
 

@@ -33,11 +33,10 @@ from typing import Union
 import numpy as np
 import torch
 from PIL import Image
-from pytorch_fid import fid_score as _fid_score
 from pytorch_fid import inception as _pfi
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 
-from trainables.files import atomic_open
+from trainables.files import IMAGE_SUFFIXES, atomic_open
 from trainables.errors import DataError, GentuneError
 
 __all__ = [
@@ -64,8 +63,9 @@ __all__ = [
 WEIGHTS_ENV = "GENTUNE_FID_WEIGHTS"
 #: pytorch-fid's file name; torch.hub keeps downloads under <hub dir>/checkpoints/<this name>.
 WEIGHTS_FILENAME = os.path.basename(FID_WEIGHTS_URL)
-#: pytorch-fid's own set (lower case, non-recursive glob), so a folder's FID reads the files pytorch-fid reads.
-IMAGE_EXTENSIONS = tuple(sorted(_fid_score.IMAGE_EXTENSIONS))
+#: pytorch-fid's fid_score.IMAGE_EXTENSIONS (lower case, non-recursive glob), so a folder's FID reads the files
+#: pytorch-fid reads; not imported from there: fid_score needs scipy, which the GPU nodes may lack.
+IMAGE_EXTENSIONS = tuple(s[1:] for s in IMAGE_SUFFIXES)
 
 ImageBatch = Union[torch.Tensor, np.ndarray]
 PathLike = Union[str, "os.PathLike[str]"]
