@@ -179,7 +179,7 @@ def test_read_usps_train_libsvm_round_trip(tmp_path):
     grey[0, :2] = [0, 255]
     lines = []
     for label, row in zip([10, 1, 7], grey):
-        values = row / 255.0 * 2.0 - 1.0
+        values = (row + 0.5) / 255.0 * 2.0 - 1.0  # torchvision truncates (v + 1) / 2 * 255 to uint8
         lines.append(f"{label} " + " ".join(f"{i + 1}:{v:.6f}" for i, v in enumerate(values)))
     with bz2.open(tmp_path / "usps.bz2", "wt") as f:
         f.write("\n".join(lines) + "\n")
@@ -187,6 +187,20 @@ def test_read_usps_train_libsvm_round_trip(tmp_path):
     assert labels.tolist() == [9, 0, 6]
     assert images.shape == (3, 16, 16, 3)
     np.testing.assert_array_equal(images[..., 1], grey.reshape(3, 16, 16))
+
+
+def test_read_usps_damaged_files_are_one_line_errors(tmp_path):
+    (tmp_path / "usps.bz2").write_bytes(b"not bzip2 at all")
+    with pytest.raises(DataError, match=r"cannot read USPS file .*usps\.bz2 .*bzip2"):
+        read_usps(tmp_path, "train")
+    with bz2.open(tmp_path / "usps.t.bz2", "wt") as f:
+        f.write("3 " + " ".join(f"{i}:x" for i in range(1, 257)) + "\n")
+    with pytest.raises(DataError, match=r"cannot read USPS file .*usps\.t\.bz2"):
+        read_usps(tmp_path, "test")
+    with bz2.open(tmp_path / "usps.t.bz2", "wt") as f:
+        f.write("12 " + " ".join(f"{i}:0.5" for i in range(1, 257)) + "\n")
+    with pytest.raises(DataError, match=r"label 12 on line 1 of .*outside 1-10"):
+        read_usps(tmp_path, "test")
 
 
 def test_read_celeba_partition_and_limit(tmp_path):
@@ -348,8 +362,8 @@ def test_bad_label_in_other_formats(tmp_path):
     with pytest.raises(DataError, match=r"label 11 at index 1 of y in .*train_32x32\.mat is outside 1-10"):
         read_svhn(tmp_path, "train")
     with bz2.open(tmp_path / "usps.bz2", "wt") as f:
-        f.write("3 1:0.5 2:-0.5\n11 1:0.0\n")
-    with pytest.raises(DataError, match=r"label 11 in .*usps\.bz2 line 2 is outside 1-10"):
+        f.write("".join(f"{label} " + " ".join(f"{i}:0.5" for i in range(1, 257)) + "\n" for label in (3, 11)))
+    with pytest.raises(DataError, match=r"label 11 on line 2 of .*usps\.bz2 is outside 1-10"):
         read_usps(tmp_path, "train")
     _write_idx(tmp_path / "t10k-images-idx3-ubyte", 2051, np.zeros((2, 28, 28)))
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte", 2049, np.array([4, 10]))

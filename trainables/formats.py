@@ -8,11 +8,17 @@ Every dataset reader returns ``(images, labels)``:
 
 Any bad input (missing file or folder, undecodable image, malformed header, label out of range...)
 raises :class:`trainables.errors.DataError` with a one-line message naming the file and what was
-expected. Nothing here needs torch; writing is limited to :func:`build_mnistm`.
+expected. Writing is limited to :func:`build_mnistm`.
+
+USPS is read by torchvision's own ``USPS``. The others are not, for one reason each:
+MNIST: torchvision's ``MNIST(download=False)`` wants all four unpacked files under ``root/MNIST/raw``,
+this reads one split from the ``.gz`` files as downloaded. SVHN: torchvision's ``SVHN`` refuses any
+``.mat`` whose md5 is not the official file's (a subset or a re-save); the read is the same scipy call.
+CelebA: torchvision's ``CelebA`` needs all five annotation files, this only the partition list.
+MNIST-M and the report's ``digits/``/``face/`` layout: torchvision has no reader.
 """
 from __future__ import annotations
 
-import bz2
 import csv
 import gzip
 import os
@@ -322,51 +328,26 @@ def read_svhn(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_usps(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """torchvision's USPS files ``root/usps.bz2`` (train) / ``root/usps.t.bz2`` (test): bzip2'd
-    LIBSVM text ``label idx:val ...`` with label 1..10 (digit label-1), idx 1..256 and values in
-    [-1, 1] (missing entries are 0), mapped to uint8 by round((v + 1) / 2 * 255). 16x16 grey."""
+    """torchvision's own USPS reader (``root/usps.bz2`` train, ``root/usps.t.bz2`` test: bzip2'd
+    LIBSVM text, label 1..10 = digit + 1, values in [-1, 1] mapped to uint8 as torchvision does).
+    16x16 grey."""
     _check_split(split, ("train", "test"), "USPS")
+    from torchvision.datasets import USPS  # local: torchvision's import is slow and only this reader needs it
+
     path = Path(root) / ("usps.bz2" if split == "train" else "usps.t.bz2")
     _require_file(path, "USPS file")
     try:
-        with bz2.open(path, "rt", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except (OSError, EOFError, ValueError) as e:
-        raise DataError(f"cannot read USPS file {path}: {_one_line(e)}") from None
-    rows: list[np.ndarray] = []
-    labels: list[int] = []
-    for line_no, line in enumerate(lines, start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        where = f"{path} line {line_no}"
-        try:
-            label = int(float(parts[0]))
-            if label != float(parts[0]):
-                raise ValueError
-        except ValueError:
-            raise DataError(f"label {parts[0]!r} in {where} is not an integer (expected 1-10)") from None
-        if not 1 <= label <= 10:
-            raise DataError(f"label {label} in {where} is outside 1-10 (digit = label - 1)")
-        row = np.zeros(256, dtype=np.float64)
-        for item in parts[1:]:
-            idx, sep, val = item.partition(":")
-            try:
-                i, v = int(idx), float(val)
-            except ValueError:
-                raise DataError(f"{where} has entry {item!r}, expected idx:value") from None
-            if not sep or not 1 <= i <= 256:
-                raise DataError(f"{where} has entry {item!r}, expected idx:value with idx 1-256")
-            if not -1.0001 <= v <= 1.0001:
-                raise DataError(f"{where} has value {v} at index {i}, outside [-1, 1]")
-            row[i - 1] = v
-        rows.append(row)
-        labels.append(label - 1)
-    if not rows:
+        data = USPS(str(root), train=split == "train", download=False)
+        grey, labels = np.asarray(data.data, dtype=np.uint8), np.asarray(data.targets, dtype=np.int64)
+    except Exception as e:  # torchvision raises OSError, EOFError, ValueError on damaged files
+        raise DataError(f"cannot read USPS file {path} (LIBSVM 'label idx:value' x 256 per line, "
+                        f"bzip2): {_one_line(e)}") from None
+    if len(labels) == 0:
         raise DataError(f"USPS file {path} holds no samples")
-    values = np.clip(np.stack(rows), -1.0, 1.0)
-    grey = np.rint((values + 1.0) / 2.0 * 255.0).astype(np.uint8).reshape(-1, 16, 16)
-    return _grey_to_rgb(grey), np.asarray(labels, dtype=np.int64)
+    if labels.min() < 0 or labels.max() > 9:
+        bad = int(np.argmax((labels < 0) | (labels > 9)))
+        raise DataError(f"label {labels[bad] + 1} on line {bad + 1} of {path} is outside 1-10 (digit = label - 1)")
+    return _grey_to_rgb(grey), labels
 
 
 # ---------------------------------------------------------------------------------------- CelebA

@@ -22,17 +22,18 @@ than dimensions) are fine because eigenvalues are clipped at zero.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image
 from pytorch_fid import inception as _pfi
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 
@@ -299,48 +300,8 @@ class _Progress:
             print(f"{self.label}: batch {self.done}/{self.total}", file=sys.stderr, flush=True)
 
 
-def _run_batches(
-    model: InceptionV3,
-    batches: Iterable[ImageBatch | list[ImageBatch]],
-    n_batches: int,
-    n_images: int,
-    device: torch.device,
-    quiet: bool,
-    label: str,
-) -> np.ndarray:
-    """Features of every image in `batches`; a list entry holds images of different sizes."""
-    dims = [d for d, b in InceptionV3.BLOCK_INDEX_BY_DIM.items() if b == model.output_blocks[-1]][0]
-    out = np.empty((n_images, dims), dtype=np.float64)
-    progress = _Progress(n_batches, label, quiet)
-    was_training = model.training
-    model.eval()
-    cuda = device.type == "cuda"
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    if cuda:  # TF32 convolutions/matmuls: ~2x faster on Ampere+ at ~1e-3 relative feature error
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    start = 0
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                parts = batch if isinstance(batch, list) else [batch]
-                for part in parts:
-                    x = torch.as_tensor(part)
-                    x = _to_float01(x.to(device, non_blocking=True))  # move as uint8: 4x less traffic
-                    pred = model(x)[0]
-                    if pred.shape[2] != 1 or pred.shape[3] != 1:  # dims < 2048: pool like pytorch-fid
-                        pred = torch.nn.functional.adaptive_avg_pool2d(pred, output_size=(1, 1))
-                    feats = pred.squeeze(3).squeeze(2).cpu().numpy()
-                    out[start : start + len(feats)] = feats
-                    start += len(feats)
-                progress.step()
-    finally:
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-        model.train(was_training)
-    if start != n_images:
-        raise RuntimeError(f"expected {n_images} feature rows, got {start}")
-    return out
+def _dims_of(model: InceptionV3) -> int:
+    return [d for d, b in InceptionV3.BLOCK_INDEX_BY_DIM.items() if b == model.output_blocks[-1]][0]
 
 
 def inception_features(
@@ -364,9 +325,29 @@ def inception_features(
     dev = torch.device(device) if device is not None else _model_device(model)
     if _model_device(model) != dev:
         model = model.to(dev)
-    n_batches = (n + batch_size - 1) // batch_size
-    batches = (images[i : i + batch_size] for i in range(0, n, batch_size))
-    return _run_batches(model, batches, n_batches, n, dev, quiet, "inception features")
+    out = np.empty((n, _dims_of(model)), dtype=np.float64)
+    progress = _Progress((n + batch_size - 1) // batch_size, "inception features", quiet)
+    was_training = model.training
+    model.eval()
+    cuda = dev.type == "cuda"
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if cuda:  # TF32 convolutions/matmuls: ~2x faster on Ampere+ at ~1e-3 relative feature error
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                batch = torch.as_tensor(images[start : start + batch_size])
+                pred = model(_to_float01(batch.to(dev, non_blocking=True)))[0]  # moved as uint8: 4x less traffic
+                if pred.shape[2] != 1 or pred.shape[3] != 1:  # dims < 2048: pool like pytorch-fid
+                    pred = torch.nn.functional.adaptive_avg_pool2d(pred, output_size=(1, 1))
+                out[start : start + len(pred)] = pred.squeeze(3).squeeze(2).cpu().numpy()
+                progress.step()
+    finally:
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        model.train(was_training)
+    return out
 
 
 def stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -496,24 +477,6 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(f for ext in IMAGE_EXTENSIONS for f in folder.glob(f"*.{ext}"))
 
 
-def _read_rgb(path: Path) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:
-        raise DataError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (3, H, W) uint8
-
-
-def _folder_batches(files: Sequence[Path], batch_size: int) -> Iterator[torch.Tensor | list[torch.Tensor]]:
-    for i in range(0, len(files), batch_size):
-        imgs = [_read_rgb(f) for f in files[i : i + batch_size]]
-        if all(im.shape == imgs[0].shape for im in imgs):
-            yield torch.stack(imgs)
-        else:  # mixed sizes: each image alone (the network resizes everything to 299 anyway)
-            yield [im.unsqueeze(0) for im in imgs]
-
-
 def stats_of_path(
     path: PathLike,
     model: InceptionV3,
@@ -521,7 +484,8 @@ def stats_of_path(
     device: str | torch.device | None = None,
     quiet: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of an image folder or of a `.npz` stats file, like pytorch-fid's."""
+    """(mu, sigma) of a `.npz` stats file, or of an image folder read and batched by pytorch-fid's own
+    `get_activations` (its dataset, its loader, its progress bar)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"path {path} does not exist (expected an image folder or a .npz stats file)")
@@ -534,13 +498,20 @@ def stats_of_path(
         raise DataError(f"{path} holds {len(files)} images ({', '.join(IMAGE_EXTENSIONS)}); FID needs at least 2")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from pytorch_fid.fid_score import get_activations  # imports scipy: only this folder path needs it
+
     dev = torch.device(device) if device is not None else _model_device(model)
-    if _model_device(model) != dev:
-        model = model.to(dev)
-    n_batches = (len(files) + batch_size - 1) // batch_size
-    feats = _run_batches(
-        model, _folder_batches(files, batch_size), n_batches, len(files), dev, quiet, f"inception features {path.name}"
-    )
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+            feats = get_activations(files, model.to(dev), min(batch_size, len(files)), _dims_of(model), dev,
+                                    num_workers=0)
+    except RuntimeError as e:
+        if "stack expects each tensor to be equal size" not in str(e):
+            raise
+        raise DataError(f"the images in {path} differ in size; pytorch-fid batches them, so pass --batch-size 1 "
+                        "(or resize them)") from None
+    except (OSError, ValueError) as e:  # PIL: truncated or not an image
+        raise DataError(f"cannot read an image in {path}: {' '.join(str(e).split())}") from None
     return stats(feats)
 
 
