@@ -100,13 +100,15 @@ def to_markdown(tables: list[StudyTable], sweep_name: str) -> str:
 
 
 def to_csv(tables: list[StudyTable]) -> str:
-    """One CSV for every study: study, trial_id, status, stop_reason, epochs, metric, mode, final, best, params..."""
+    """One CSV for every study: study, trial_id, status, stop_reason, epochs, metric, metric_mode, final, best,
+    then the params (one named like a column before it is headed `param.<name>`)."""
     params: list[str] = []
     for t in tables:
         params += [p for p in t.params if p not in params]
+    fixed = ["study", *BASE_COLUMNS, "metric", "metric_mode", "final", "best"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["study", *BASE_COLUMNS, "metric", "mode", "final", "best", *params])
+    w.writerow([*fixed, *(f"param.{p}" if p in fixed else p for p in params)])
     for t in tables:
         for r in t.rows:
             w.writerow([t.study, r["trial_id"], r["status"], r["stop_reason"], r["epochs"], t.metric, t.mode,

@@ -169,10 +169,6 @@ class Report:
                 best = t
         return best
 
-    def metric_of(self, trial: Trial) -> tuple[str, str]:
-        st = self.sweep.studies.get(trial.study)
-        return (st.metric, st.mode) if st else ("", "max")
-
     def models_for(self, trial: Trial):
         ckpt = self.sweep.load_checkpoint(trial)
         cfg, mods = E.models_from_checkpoint(ckpt, str(self.sweep.checkpoint_path(trial)), self.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored in every child:
+# the Ctrl-C tests' `gentune` processes would never see their SIGINT. Give the test run Python's default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 SPECS = REPO / "search" / "specs"
 
 

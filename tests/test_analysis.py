@@ -293,6 +293,9 @@ def test_compare_csv_and_markdown_match_the_store(smoke_sweep, sweep):
 
     text = gentune("compare", str(smoke_sweep["root"]), "--format", "csv").stdout
     rows = list(csv.DictReader(io.StringIO(text)))
+    header = text.splitlines()[0].split(",")
+    assert len(header) == len(set(header)), header  # DANN's `mode` param must not shadow the metric's mode
+    assert {r["mode"] for r in rows if r["study"] == "dann-baselines"} == {"source-only", "target-only"}
     assert {r["trial_id"] for r in rows} == set(store)
     for r in rows:
         run = store[r["trial_id"]]
@@ -301,7 +304,7 @@ def test_compare_csv_and_markdown_match_the_store(smoke_sweep, sweep):
         if r["metric"] in run.data.metrics:
             assert float(r["final"]) == run.data.metrics[r["metric"]]
             hist = [m.value for m in c.get_metric_history(run.info.run_id, r["metric"])]
-            assert float(r["best"]) == (max(hist) if r["mode"] == "max" else min(hist))
+            assert float(r["best"]) == (max(hist) if r["metric_mode"] == "max" else min(hist))
     # the params that vary are columns, with the store's values
     dann_rows = [r for r in rows if r["study"] == "dann"]
     for key in ("lr", "lamb"):
