@@ -87,6 +87,7 @@ def _diff(a, b, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: recorded {a!r}, now {b!r}"]
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_status_compare_report_export_answer_as_recorded(smoke_sweep, tmp_path):
     now = answers(smoke_sweep["root"], tmp_path)
     if os.environ.get("GENTUNE_WRITE_ANSWERS"):

@@ -70,6 +70,7 @@ def bundles(smoke_sweep, tmp_path_factory) -> dict[str, Path]:
 
 # --- 1. export --force replaces only gentune's own files -------------------------------------------
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_export_force_never_deletes_other_files(smoke_sweep, tmp_path):
     root = str(smoke_sweep["root"])
     out = tmp_path / "out"
@@ -232,6 +233,7 @@ def test_tracking_uri_of_a_copied_folder(tmp_path):
     assert tracking_uri_of(copy, {**old, "local_store": True}) == own  # (readers then say it does not exist)
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_copied_sweep_folder_is_self_contained(smoke_sweep, copied, tmp_path):
     orig = smoke_sweep["root"]
     answers = {fmt: gentune("compare", str(orig), "--format", fmt).stdout for fmt in ("md", "csv")}

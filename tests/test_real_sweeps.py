@@ -172,6 +172,7 @@ def test_start_from_is_validated() -> None:
 # --- DDPM guidance without peeking ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_ddpm_acc_is_scored_on_fresh_samples(cache_dir) -> None:
     from trainables.ddpm import SELECT_SEED, TEST_SEED, DDPMTrainer
 
@@ -245,6 +246,7 @@ def test_dann_spec_with_eval_every_runs_and_asks_no_gpu_here(tmp_path, cache_dir
     assert json.loads((tmp_path / "s" / "dann" / "sweep.json").read_text())["state"] == "finished"
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 @pytest.mark.ray
 def test_fifo_runs_every_trial_to_its_last_epoch(tmp_path, cache_dir) -> None:
     """dann.yaml switched to fifo with --set: its ASHA settings are said to be ignored, no trial is stopped."""

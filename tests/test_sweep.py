@@ -132,6 +132,7 @@ def test_sigint_then_resume_finishes_the_planned_set(tmp_path, cache_dir) -> Non
     assert set(ids) == set(after) and max(ids.values()) == 1  # one MLflow run per trial, no duplicates
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_fractional_gpus_run_four_at_once_on_cpu(tmp_path, cache_dir) -> None:
     """ray.init(num_gpus=2) on a CPU machine, gpu 0.5 per trial: four trials at once, each on the CPU."""
     spec = tmp_path / "gpu.yaml"
