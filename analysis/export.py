@@ -33,7 +33,6 @@ BUNDLE_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "bundle.json"
 MAX_IMAGES = 10000  # per `gentune generate`: one PNG grid (DDPM: 10000 x T network steps, hours on a CPU)
-DDPM_CHUNK = 500  # images sampled together by the DDPM (a chunk's activations must fit in memory)
 
 
 def log(msg: str, quiet: bool) -> None:
@@ -123,43 +122,42 @@ def unflatten_state(flat: dict[str, torch.Tensor], family: str) -> dict[str, dic
 
 
 # --- sampling: one function for bundles and checkpoints --------------------------------------------
+# A family makes images when its trainer has the static `sample_plan` and `sample_images` (GAN, DDPM), and
+# labels when it has `classify_images` (DANN); SAMPLE_OPTIONS names its `gentune generate` options beyond
+# --n and --seed, DEFAULT_N its default --n.
 
-def default_n(family: str) -> int:
-    return 32 if family == "gan" else 100
+def sampler_of(family: str):
+    """The family's trainer class when it makes images, else a GentuneError saying what it does instead."""
+    from trainables.families import trainer_class
 
-
-def ddpm_labels(n: int, digit: int | None, device: torch.device | str = "cpu") -> tuple[torch.Tensor, int]:
-    """Labels and grid row length: one digit repeated, or rows of digits 0-9 (columns = different noise)."""
-    if digit is not None:
-        return torch.full((n,), int(digit), dtype=torch.long, device=device), min(n, 10)
-    per = max(1, math.ceil(n / 10))
-    return torch.arange(10, device=device).repeat_interleave(per)[:n], per
-
-
-def default_guidance(cfg, metrics: dict[str, float] | None) -> float:
-    """The trial's best w when it reported one, else the first w of its config."""
-    if metrics and "best_w" in metrics and math.isfinite(metrics["best_w"]):
-        return float(metrics["best_w"])
-    return float(cfg.guidance[0])
+    cls = trainer_class(family)
+    if not hasattr(cls, "sample_images"):
+        instead = "; use `gentune predict` for its bundles" if hasattr(cls, "classify_images") else ""
+        raise GentuneError(f"a {family} model does not generate images{instead}")
+    return cls
 
 
-def check_sampling_args(family: str, n: int | None, digit: int | None, guidance: float | None) -> int:
+def image_families() -> tuple[str, ...]:
+    from trainables.families import known, trainer_class
+
+    return tuple(f for f in known() if hasattr(trainer_class(f), "sample_images"))
+
+
+def check_sampling_args(family: str, n: int | None, options: dict[str, Any]) -> int:
     """The number of images to make, after refusing what cannot be sampled (before any model work)."""
-    n = default_n(family) if n is None else int(n)
+    cls = sampler_of(family)
+    n = int(getattr(cls, "DEFAULT_N", 100)) if n is None else int(n)
     if n < 1:
         raise GentuneError(f"--n must be >= 1, got {n}")
     if n > MAX_IMAGES:
         raise GentuneError(f"--n {n} is more than {MAX_IMAGES} images for one PNG grid; run generate several times "
                            "with different --seed values instead")
-    if family != "ddpm":
-        for opt, v in (("--digit", digit), ("--guidance", guidance)):
-            if v is not None:
-                raise GentuneError(f"{opt} is for DDPM bundles only; this is a {family} bundle")
-        return n
-    if digit is not None and not 0 <= digit <= 9:
-        raise GentuneError(f"--digit must be 0-9, got {digit}")
-    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
-        raise GentuneError(f"--guidance must be a finite number >= 0, got {guidance}")
+    takes = getattr(cls, "SAMPLE_OPTIONS", ())
+    for opt, v in options.items():
+        if v is not None and opt not in takes:
+            users = [f for f in image_families() if opt in getattr(sampler_of(f), "SAMPLE_OPTIONS", ())]
+            raise GentuneError(f"--{opt} is for {' or '.join(u.upper() for u in users) or 'other'} bundles only; "
+                               f"this is a {family} bundle")
     return n
 
 
@@ -189,76 +187,27 @@ class _Progress:
         log(f"gentune: {done}/{self.n} images in {fmt_seconds(now - self.t0)}, about {fmt_seconds(left)} left", False)
 
 
-def _time_one_step(net: nn.Module, rows: int, device: torch.device) -> float:
-    """Seconds of one network evaluation of `rows` images (one of the T steps of a chunk: the sampler runs
-    the chunk twice, conditional and unconditional, except at w = 0)."""
-    x = torch.zeros(rows, 3, 28, 28, device=device)
-    c = torch.zeros(rows, dtype=torch.long, device=device)
-    t = torch.full((rows, 1), 0.5, device=device)
-    drop = torch.zeros(rows, device=device)
-    t0 = time.perf_counter()
-    net(x, c, t, drop)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
 @torch.no_grad()
 def generate_images(family: str, cfg, models: dict[str, nn.Module], *, n: int | None = None, seed: int = 0,
-                    digit: int | None = None, guidance: float | None = None, metrics: dict[str, float] | None = None,
-                    device: torch.device | str = "cpu", keep_at: tuple[int, ...] = (),
-                    quiet: bool = True) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[str, Any]]:
-    """Images in [-1, 1] (N,3,H,W) on the CPU, the kept x_t (DDPM), and what was used (n, seed, w, labels, nrow).
-
-    GAN: z ~ N(0, 1) of shape (n, 100, 1, 1) from a CPU generator seeded with `seed` (the same z on any device).
-    DDPM: classifier-free guided sampling from noise drawn by a generator on `device` seeded with `seed`, in
-    chunks of DDPM_CHUNK images (memory stays bounded; up to DDPM_CHUNK images it is one batch).
-    Unless quiet, says on stderr how many images, the grid's size and (DDPM) an estimate of the time first,
-    then progress every 10 s.
-    """
+                    metrics: dict[str, float] | None = None, device: torch.device | str = "cpu",
+                    keep_at: tuple[int, ...] = (), quiet: bool = True,
+                    **options: Any) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[str, Any]]:
+    """Images in [-1, 1] (N,3,H,W) on the CPU, the x_t kept at `keep_at` (DDPM), and what was used (n, seed, nrow,
+    and the family's own: the DDPM's w and labels). `options`: the family's SAMPLE_OPTIONS (DDPM: digit, guidance).
+    Unless quiet, says on stderr how many images, the grid's size and (where the family estimates it) the time
+    first, then progress every 10 s."""
     device = torch.device(device)
-    n = check_sampling_args(family, n, digit, guidance)
+    n = check_sampling_args(family, n, options)
+    cls = sampler_of(family)
+    plan = cls.sample_plan(cfg, models, n, options, metrics, device, estimate=not quiet)
+    about = f", about {fmt_seconds(plan['seconds'])}" if "seconds" in plan else ""
+    log(f"gentune: {plan['verb']} {n} {plan['what']} on {device} "
+        f"(grid {'x'.join(map(str, grid_size(n, plan['nrow'], *plan['size'])))} px{about}) ...",
+        quiet or n < plan.get("announce_from", 0))
     progress = _Progress(n, quiet)
-    if family == "gan":
-        from models.gan import NZ
-
-        log(f"gentune: generating {n} image(s) with GAN model {cfg.model} on {device} "
-            f"(grid {'x'.join(map(str, grid_size(n, 8, 64, 64)))} px) ...", quiet or n < 1000)
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        z = torch.randn(n, NZ, 1, 1, generator=g).to(device)
-        G = models["G"].eval()
-        xs = []
-        for c in z.split(256):
-            xs.append(G(c).float().cpu())
-            progress.step(256 * len(xs))
-        return torch.cat(xs), {}, {"n": n, "seed": seed, "nrow": 8}
-    if family == "ddpm":
-        from models.ddpm import GuidedSampler
-        from trainables.ddpm import noise_schedule
-
-        w = default_guidance(cfg, metrics) if guidance is None else float(guidance)
-        labels, nrow = ddpm_labels(n, digit, device)
-        net = models["model"].eval()
-        chunks = labels.split(DDPM_CHUNK)
-        about = ""
-        if not quiet:
-            about = f", about {fmt_seconds(_time_one_step(net, len(chunks[0]) * (1 if w == 0 else 2), device) * cfg.T * len(chunks))}"
-        log(f"gentune: sampling {n} digit(s) with the DDPM (T={cfg.T}, w={w:g}) on {device} "
-            f"(grid {'x'.join(map(str, grid_size(n, nrow, 28, 28)))} px{about}) ...", quiet)
-        schedule = noise_schedule(cfg, device)
-        gen = torch.Generator(device=device).manual_seed(seed)
-        sampler = GuidedSampler(net, schedule)
-        xs: list[torch.Tensor] = []
-        kept: dict[int, list[torch.Tensor]] = {}
-        for lab in chunks:
-            x, k = sampler.sample(lab, w, generator=gen, keep_at=keep_at)
-            xs.append(x.float().cpu())
-            for step, v in k.items():
-                kept.setdefault(step, []).append(v.float().cpu())
-            progress.step(sum(len(c) for c in xs))
-        return torch.cat(xs), {k: torch.cat(v) for k, v in kept.items()}, {
-            "n": n, "seed": seed, "w": w, "labels": labels.cpu().tolist(), "nrow": nrow}
-    raise GentuneError(f"a {family} model does not generate images; use `gentune predict` for DANN bundles")
+    x, kept = cls.sample_images(cfg, models, plan, seed, device, keep_at=keep_at, progress=progress.step)
+    used = {k: v for k, v in plan.items() if k not in ("size", "verb", "what", "announce_from", "seconds")}
+    return x, kept, {**used, "seed": seed}
 
 
 def image_grid(x: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -292,8 +241,8 @@ def sample_from_checkpoint(path: str | Path, *, n: int | None = None, seed: int 
     dev = resolve_device(device)
     cfg, mods = models_from_checkpoint(ckpt, str(path), dev)
     metrics = (ckpt.get("history") or [{}])[-1]
-    x, _, used = generate_images(ckpt["family"], cfg, mods, n=n, seed=seed, digit=digit, guidance=guidance,
-                                 metrics=metrics, device=dev, quiet=quiet)
+    x, _, used = generate_images(ckpt["family"], cfg, mods, n=n, seed=seed, metrics=metrics, device=dev, quiet=quiet,
+                                 **_options(digit, guidance))
     return x, used
 
 
@@ -451,10 +400,15 @@ def load_bundle(path: str | Path, family: str | tuple[str, ...] | None = None, d
 def generate_from_bundle(path: str | Path, *, n: int | None = None, seed: int = 0, digit: int | None = None,
                          guidance: float | None = None, device: str = "cpu", quiet: bool = True):
     dev = resolve_device(device)
-    b = load_bundle(path, ("gan", "ddpm"), dev)
-    x, _, used = generate_images(b.family, b.cfg, b.models, n=n, seed=seed, digit=digit, guidance=guidance,
-                                 metrics=b.metrics, device=dev, quiet=quiet)
+    b = load_bundle(path, image_families(), dev)
+    x, _, used = generate_images(b.family, b.cfg, b.models, n=n, seed=seed, metrics=b.metrics, device=dev, quiet=quiet,
+                                 **_options(digit, guidance))
     return b, x, used
+
+
+def _options(digit: int | None, guidance: float | None) -> dict[str, Any]:
+    """`gentune generate`'s family options that were given (a family refuses those it does not take)."""
+    return {k: v for k, v in (("digit", digit), ("guidance", guidance)) if v is not None}
 
 
 # --- DANN prediction -------------------------------------------------------------------------------
@@ -488,17 +442,6 @@ def read_images(folder: str | Path, size: int = 32) -> tuple[list[str], torch.Te
     return [p.name for p in files], torch.cat(out)
 
 
-@torch.no_grad()
-def classify(model: nn.Module, images_u8: torch.Tensor, device: torch.device | str = "cpu", batch: int = 512) -> torch.Tensor:
-    """Labels (N,) of uint8 (N,3,32,32) images by a DANN (its label predictor on its features)."""
-    model.eval()
-    preds = []
-    for i in range(0, len(images_u8), batch):
-        x = images_u8[i : i + batch].to(device).float().div_(127.5).sub_(1.0)
-        preds.append(model(x).argmax(1).cpu())
-    return torch.cat(preds)
-
-
 def predict_folder(bundle: str | Path, images: str | Path, out_csv: str | Path | None, device: str = "cpu",
                    quiet: bool = True) -> tuple[list[str], list[int]]:
     """Classify every image of a folder with a DANN bundle; write `image_name,label` CSV when out_csv is given."""
@@ -507,10 +450,12 @@ def predict_folder(bundle: str | Path, images: str | Path, out_csv: str | Path |
     if out_csv is not None:
         check_out_file(out_csv)
     dev = resolve_device(device)
-    b = load_bundle(bundle, "dann", dev)
+    from trainables.families import known, trainer_class
+
+    b = load_bundle(bundle, tuple(f for f in known() if hasattr(trainer_class(f), "classify_images")), dev)
     names, x = read_images(images, 32)
     log(f"gentune predict: classifying {len(names)} image(s) from {images} ...", quiet)
-    labels = classify(b.models["model"], x, dev).tolist()
+    labels = trainer_class(b.family).classify_images(b.cfg, b.models, x, dev).tolist()
     if out_csv is not None:
         out = Path(out_csv).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -281,13 +281,13 @@ class Report:
             if loaded is None:
                 continue
             ckpt, cfg, mods = loaded
-            w = E.default_guidance(cfg, t.metrics)
             steps = [round(k * cfg.T / 500) for k in REVERSE_STEPS]
-            self.log(f"DDPM: 10x10 grid of {self.trial_label(t)} (T={cfg.T}, w={w:g}) on {self.device} ...")
+            self.log(f"DDPM: 10x10 grid of {self.trial_label(t)} (T={cfg.T}, the trial's best w) on {self.device} ...")
             t0 = time.perf_counter()
-            x, kept, _ = E.generate_images("ddpm", cfg, mods, n=100, seed=self.seed, guidance=w,
+            x, kept, used = E.generate_images("ddpm", cfg, mods, n=100, seed=self.seed, metrics=t.metrics,
                                               device=self.device, keep_at=tuple(sorted(set(steps))))
-            self.log(f"DDPM: sampled in {time.perf_counter() - t0:.1f}s")
+            w = used["w"]
+            self.log(f"DDPM: sampled at w={w:g} in {time.perf_counter() - t0:.1f}s")
             tag = slug(t.trial_id)
             g = plots.digit_grid(E.image_grid(x, 10), 10, self.out / f"ddpm_{tag}_grid.png",
                                  f"trial {t.trial_id}: w={w:g}, T={cfg.T}, seed {self.seed}")

@@ -70,6 +70,17 @@ class DANNTrainer(Base):
     def build_models(cfg: DANNConfig) -> dict[str, torch.nn.Module]:
         return {"model": DANN()}
 
+    @staticmethod
+    @torch.no_grad()
+    def classify_images(cfg: DANNConfig, models, images_u8: torch.Tensor, device, batch: int = 512) -> torch.Tensor:
+        """Labels (N,) of uint8 (N, 3, 32, 32) images (`gentune predict`): the label predictor on the features."""
+        model = models["model"].eval()
+        preds = []
+        for i in range(0, len(images_u8), batch):
+            x = images_u8[i : i + batch].to(device).float().div_(127.5).sub_(1.0)
+            preds.append(model(x).argmax(1).cpu())
+        return torch.cat(preds)
+
     def __init__(self, cfg: DANNConfig, quiet: bool = False) -> None:
         super().__init__(cfg, quiet)
         self.src = self.data(cfg.source, "train", 32, "digits")

@@ -6,6 +6,8 @@ config and reports the digit evaluator's accuracy for each (`acc_w<w>`), plus th
 from __future__ import annotations
 
 import copy
+import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,62 @@ class DDPMTrainer(Base):
     @staticmethod
     def build_models(cfg: DDPMConfig) -> dict[str, torch.nn.Module]:
         return {"model": DDPM(cfg.n_feat)}
+
+    # --- what a bundle makes (`gentune generate`, the report): see trainables.families
+    DEFAULT_N = 100
+    SAMPLE_OPTIONS = ("digit", "guidance")  # `gentune generate --digit D --guidance W`
+    CHUNK = 500  # images sampled together (a chunk's activations must fit in memory)
+
+    @staticmethod
+    def sample_plan(cfg: DDPMConfig, models, n: int, options: dict, metrics: dict | None, device, estimate: bool) -> dict:
+        """Labels (one digit repeated, or rows of digits 0-9 whose columns are different noise), w (the trial's
+        best when it reported one, else the config's first) and, with `estimate`, the seconds it will take."""
+        from trainables.errors import GentuneError
+
+        digit, w = options.get("digit"), options.get("guidance")
+        if digit is not None and not 0 <= digit <= 9:
+            raise GentuneError(f"--digit must be 0-9, got {digit}")
+        if w is not None and not (math.isfinite(w) and w >= 0):
+            raise GentuneError(f"--guidance must be a finite number >= 0, got {w}")
+        if w is None:
+            best = (metrics or {}).get("best_w")
+            w = float(best) if best is not None and math.isfinite(best) else float(cfg.guidance[0])
+        if digit is not None:
+            labels, nrow = [int(digit)] * n, min(n, 10)
+        else:
+            nrow = max(1, math.ceil(n / 10))
+            labels = [d for d in range(10) for _ in range(nrow)][:n]
+        plan = {"n": n, "w": float(w), "labels": labels, "nrow": nrow, "size": (28, 28), "verb": "sampling",
+                "what": f"digit(s) with the DDPM (T={cfg.T}, w={w:g})"}
+        if estimate:  # one network evaluation of a chunk, times T steps, times the chunks (x2 for w > 0: cond + uncond)
+            rows = min(n, DDPMTrainer.CHUNK) * (1 if w == 0 else 2)
+            args = (torch.zeros(rows, 3, 28, 28, device=device), torch.zeros(rows, dtype=torch.long, device=device),
+                    torch.full((rows, 1), 0.5, device=device), torch.zeros(rows, device=device))
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                models["model"].eval()(*args)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)
+            plan["seconds"] = (time.perf_counter() - t0) * cfg.T * math.ceil(n / DDPMTrainer.CHUNK)
+        return plan
+
+    @staticmethod
+    @torch.no_grad()
+    def sample_images(cfg: DDPMConfig, models, plan: dict, seed: int, device, keep_at=(), progress=lambda done: None):
+        """Classifier-free guided sampling from noise drawn by a generator on `device` seeded with `seed`, in
+        chunks of CHUNK images (up to CHUNK images it is one batch); also the x_t kept at `keep_at`."""
+        labels = torch.tensor(plan["labels"], dtype=torch.long, device=device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        sampler = GuidedSampler(models["model"].eval(), noise_schedule(cfg, device))
+        xs: list[torch.Tensor] = []
+        kept: dict[int, list[torch.Tensor]] = {}
+        for lab in labels.split(DDPMTrainer.CHUNK):
+            x, k = sampler.sample(lab, plan["w"], generator=gen, keep_at=keep_at)
+            xs.append(x.float().cpu())
+            for step, v in k.items():
+                kept.setdefault(step, []).append(v.float().cpu())
+            progress(sum(len(c) for c in xs))
+        return torch.cat(xs), {k: torch.cat(v) for k, v in kept.items()}
 
     @staticmethod
     def prepare(cfg: DDPMConfig, quiet: bool) -> None:

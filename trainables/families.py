@@ -4,6 +4,10 @@ The sweep, the spec parser, export and the trainer factory read this registry. A
 module that calls `register`, named in $GENTUNE_FAMILIES (comma-separated module names, imported after
 the three built-in families, in the driver and in every Ray worker, which inherit the variable);
 tests/toy_family.py is one. An unknown family is an error naming the known ones.
+
+What a family's bundles make is declared on its trainer class: static `sample_plan` and `sample_images`
+(with DEFAULT_N and SAMPLE_OPTIONS) for `gentune generate` and the report's samples (GAN, DDPM), static
+`classify_images` for `gentune predict` (DANN); a family without them exports and reports, and says so.
 """
 from __future__ import annotations
 

@@ -53,6 +53,25 @@ class GANTrainer(Base):
         g, d = build_gan(cfg.model, cfg.width)
         return {"G": g, "D": d}
 
+    # --- what a bundle makes (`gentune generate`, the report): see trainables.families
+    DEFAULT_N = 32
+
+    @staticmethod
+    def sample_plan(cfg: GANConfig, models, n: int, options: dict, metrics: dict | None, device, estimate: bool) -> dict:
+        return {"n": n, "nrow": 8, "size": (64, 64), "verb": "generating", "announce_from": 1000,
+                "what": f"image(s) with GAN model {cfg.model}"}
+
+    @staticmethod
+    @torch.no_grad()
+    def sample_images(cfg: GANConfig, models, plan: dict, seed: int, device, keep_at=(), progress=lambda done: None):
+        """z ~ N(0, 1) of shape (n, 100, 1, 1) from a CPU generator seeded with `seed` (the same z on any device)."""
+        z = torch.randn(plan["n"], NZ, 1, 1, generator=torch.Generator(device="cpu").manual_seed(seed)).to(device)
+        G, xs = models["G"].eval(), []
+        for c in z.split(256):
+            xs.append(G(c).float().cpu())
+            progress(256 * len(xs))
+        return torch.cat(xs), {}
+
     def __init__(self, cfg: GANConfig, quiet: bool = False) -> None:
         super().__init__(cfg, quiet)
         from trainables.fid import fid_weights_for
