@@ -1,9 +1,10 @@
 """python -m benchmarks.search: what gentune's search finds for a given budget, as the HPO literature measures it.
 
     python -m benchmarks.search [--seeds 0,1,2] [--budget 48] [--results benchmarks/RESULTS.md]
-                                [--quick]
+                                [--data demo|real [--shared ../shared/datasets]] [--quick]
 
-On the DANN task (MNIST-M-like -> USPS-like demo data), with search/specs/dann.yaml's search space, at
+On the DANN task (MNIST-M-like -> USPS-like demo data; with --data real the MNIST-M test subset -> USPS
+test split of ../shared/datasets, in the report's folder layout), with search/specs/dann.yaml's search space, at
 equal compute counted in trial-epochs (every epoch any trial trains, evaluated or not):
 
   report       the report's configuration (lambda 0.3 fixed, Adam 1e-3), one trial per seed
@@ -39,11 +40,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("report", "random+fifo", "random+asha", "tpe+fifo", "tpe+asha")
 CRITERIA = (("target_acc", "max"), ("source_acc", "max"), ("dev_risk", "min"))
+DATA = {"demo": "demo MNIST-M-like -> USPS-like", "real": "real MNIST-M test subset -> USPS test split (report layout)"}
+
+
+def real_layout(a: argparse.Namespace, tmp: Path) -> list[str]:
+    """The report's digits/ layout built from --shared (as the GPU check builds it); the --set values that read it."""
+    from benchmarks.gpu_check import build_report_layout
+
+    shared = Path(a.shared).expanduser()
+    if not (shared / "mnist_m" / "mnist_m_test_labels.txt").is_file() or not (shared / "usps" / "usps.t.bz2").is_file():
+        raise SystemExit(f"benchmarks.search: --data real needs mnist_m/mnist_m_test_labels.txt and usps/usps.t.bz2 "
+                         f"in {shared} (--shared)")
+    root = tmp / "report-data"
+    build_report_layout(shared, root)
+    return [f"{side}.{k}={v}" for side, dom in (("source", "mnistm"), ("target", "usps"))
+            for k, v in (("source", "report"), ("root", str(root)), ("domain", dom))]
 
 
 def overrides(method: str, seed: int, a: argparse.Namespace) -> list[str]:
     sizes = [f"epochs={a.epochs}", f"eval_every={a.eval_every}", f"steps_per_epoch={a.steps}", f"batch_size={a.batch}",
-             "resources.gpu=0", "resources.cpu=1", "concurrency=2", f"seed={seed}"]
+             "resources.gpu=0", "resources.cpu=1", "concurrency=2", f"seed={seed}", *a.data_sets]
     if method == "report":
         return sizes + ["lr=0.001", "lamb=0.3", "lambda_schedule=fixed", "budget.trials=1", "budget.scheduler=fifo"]
     searcher, scheduler = method.split("+")
@@ -173,7 +189,7 @@ def report(a: argparse.Namespace, runs: dict[str, dict[int, list[dict]]], wall: 
         crit.append(f"| {m} | " + " | ".join(mean_sd([p[c] for p in ps if c in p]) for c, _ in CRITERIA) + " |")
     from benchmarks.throughput import commit
 
-    data = "demo MNIST-M-like -> USPS-like"
+    data = DATA[a.data]
     return "\n".join([
         f"## Search: {datetime.datetime.now():%Y-%m-%d %H:%M}, DANN {data}, commit {commit()}",
         "",
@@ -207,11 +223,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=2)
     p.add_argument("--steps", type=int, default=12, help="training steps per epoch")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--data", choices=tuple(DATA), default="demo", help="demo: the embedded data; real: ../shared's "
+                   "MNIST-M subset -> USPS, in the report's layout")
+    p.add_argument("--shared", default=str(ROOT.parent / "shared" / "datasets"), help="where --data real finds them")
     p.add_argument("--results", default="", help="append the tables to this markdown file (e.g. benchmarks/RESULTS.md)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the plumbing, not a measurement")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.budget, a.epochs, a.eval_every, a.steps, a.batch = "0", 8, 2, 1, 2, 16
+    a.data_sets = []  # --set values that point the trials at --data real's layout (made in main)
     a.seed_list = [int(s) for s in a.seeds.split(",") if s.strip()]
     a.method_list = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in a.method_list if m not in METHODS]
@@ -224,11 +244,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
+    if a.results:  # before hours of sweeps: a --results folder that cannot be made fails now, not at the end
+        Path(a.results).expanduser().parent.mkdir(parents=True, exist_ok=True)
     import ray
 
     t0 = time.time()
     runs: dict[str, dict[int, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="gentune-search-") as tmp:
+        a.data_sets = real_layout(a, Path(tmp)) if a.data == "real" else []
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
             for seed in a.seed_list:
@@ -244,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     wall = time.time() - t0
     out_dir = Path(a.results).parent if a.results else Path(tempfile.gettempdir())
-    png = out_dir / "search_anytime.png"
+    png = out_dir / ("search_anytime.png" if a.data == "demo" else f"search_anytime_{a.data}.png")
     plot({m: [anytime(r) for r in s.values()] for m, s in runs.items()}, a.budget, png,
-         f"DANN demo: best target accuracy vs trial-epochs ({len(a.seed_list)} seeds; band = min-max)")
+         f"DANN {a.data}: best target accuracy vs trial-epochs ({len(a.seed_list)} seeds; band = min-max)")
     text = report(a, runs, wall, png)
     print(text)
     if a.results:

@@ -254,3 +254,26 @@ def test_benchmark_search_runs_real_sweeps_and_writes_its_tables(tmp_path, cache
     row = next(line for line in text.splitlines() if line.startswith("| random+asha |") and "±" not in line)
     best_all = float(row.split("|")[4])
     assert 0.0 <= best_all <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_benchmark_search_on_the_real_report_layout(tmp_path, cache_dir) -> None:
+    """--data real: the trials read the MNIST-M subset -> USPS of ../shared/datasets in the report's layout."""
+    from tests.conftest import shared_datasets
+
+    shared = shared_datasets()
+    if not (shared / "mnist_m").is_dir() or not (shared / "usps" / "usps.t.bz2").is_file():
+        pytest.skip(f"real MNIST-M / USPS files are not in {shared}")
+    res = tmp_path / "RESULTS.md"
+    p = subprocess.run([sys.executable, "-m", "benchmarks.search", "--quick", "--methods", "report", "--data", "real",
+                        "--shared", str(shared), "--results", str(res)], cwd=REPO, capture_output=True, text=True,
+                       timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = res.read_text()
+    assert "DANN real MNIST-M test subset -> USPS test split" in text and "| report |" in text
+    assert (tmp_path / "search_anytime_real.png").stat().st_size > 5000
+    p = subprocess.run([sys.executable, "-m", "benchmarks.search", "--quick", "--data", "real", "--shared",
+                        str(tmp_path / "nowhere")], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode != 0 and "--data real needs" in p.stderr and "Traceback" not in p.stderr
