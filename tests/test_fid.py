@@ -347,3 +347,18 @@ def test_folder_listing_matches_pytorch_fids_extensions():
     from trainables.metrics.fid import IMAGE_EXTENSIONS
 
     assert set(IMAGE_EXTENSIONS) == set(THEIRS)
+
+
+def test_folder_of_mixed_sizes_or_a_broken_image_is_one_clear_error(net64, tmp_path):
+    from trainables.errors import DataError
+
+    rng = np.random.default_rng(0)
+    for i, s in enumerate([8, 16, 8]):
+        Image.fromarray(rng.integers(0, 255, (s, s, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    with pytest.raises(DataError, match=r"differ in size; .* --batch-size 1"):
+        fid.stats_of_path(tmp_path, net64, batch_size=50, quiet=True)
+    mu, sigma = fid.stats_of_path(tmp_path, net64, batch_size=1, quiet=True)  # one at a time: pytorch-fid copes
+    assert mu.shape == (64,) and np.isfinite(sigma).all()
+    (tmp_path / "3.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"cannot read an image in .*3\.png"):
+        fid.stats_of_path(tmp_path, net64, batch_size=1, quiet=True)
