@@ -49,7 +49,7 @@ def sha256_file(path: Path) -> str:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    from trainables.loop import resolve_device as resolve
+    from trainables.device import resolve_device as resolve
 
     return resolve(name, "--device")
 
@@ -230,20 +230,6 @@ def models_from_checkpoint(ckpt: dict[str, Any], where: str, device: torch.devic
     family = ckpt["family"]
     cfg = parse_config(family, ckpt["config"], where)
     return cfg, load_models(family, cfg, ckpt["state"], where, device)
-
-
-def sample_from_checkpoint(path: str | Path, *, n: int | None = None, seed: int = 0, digit: int | None = None,
-                           guidance: float | None = None, device: str = "cpu", quiet: bool = True):
-    """`generate_images` with a trial checkpoint's weights; the w default is the checkpoint's last best_w."""
-    from trainables.loop import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    dev = resolve_device(device)
-    cfg, mods = models_from_checkpoint(ckpt, str(path), dev)
-    metrics = (ckpt.get("history") or [{}])[-1]
-    x, _, used = generate_images(ckpt["family"], cfg, mods, n=n, seed=seed, metrics=metrics, device=dev, quiet=quiet,
-                                 **_options(digit, guidance))
-    return x, used
 
 
 # --- bundles ---------------------------------------------------------------------------------------

@@ -7,23 +7,23 @@ and tolerates half-written files (a result line being appended, a state file bei
 Two sources, merged per trial (study, trial id):
 - MLflow (sweep.json's tracking_uri): the driver's callback writes every result there at once, so
   it is the freshest; trial runs carry gentune.kind=trial, gentune.trial_id, gentune.stop_reason.
-- Ray Tune's experiment folder of each study (<sweep>/<study>/): experiment_state-*.json holds
-  Ray's own trial states (PENDING / RUNNING / PAUSED / TERMINATED / ERROR) and the study's start;
-  each trial folder's result.json holds its results. Ray copies these to the sweep folder every
-  few seconds, so while a sweep runs they may lag behind MLflow.
+- Ray Tune's experiment folder of each study (<sweep>/<study>/, read by analysis/rayfolder.py):
+  Ray's own trial states and each trial's results. Ray copies these to the sweep folder every few
+  seconds, so while a sweep runs they may lag behind MLflow.
+
+`gentune status`'s text is made by analysis/status_text.py.
 """
 from __future__ import annotations
 
-import glob
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from analysis.sweepdata import all_runs, read_sweep_json, sqlite_path, tracking_uri_of, trial_id_of
+from analysis.rayfolder import finite, number, read_ray_study
+from analysis.sweepdata import all_runs, read_sweep_json, sqlite_path, tracking_uri_of
 
 # What a trial came to, in the order they are listed.
 OUTCOMES = ("running", "pending", "completed", "early-stopped", "diverged", "error", "killed")
@@ -160,94 +160,6 @@ class SweepStatus:
 # ---------------------------------------------------------------- reading the folder
 
 
-def _finite(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
-def _num(v: Any) -> float | None:
-    try:
-        return _finite(float(v))
-    except (TypeError, ValueError):
-        return None
-
-
-def _plain(v: Any) -> Any:
-    """Ray keeps some trial fields JSON-encoded a second time; undo that where it is so.
-
-    Only strings, objects and lists are decoded: a bare token such as the trial id 759e2719 is
-    valid JSON too (a float, inf) but is meant as text."""
-    if isinstance(v, str) and v[:1] in ('"', "{", "["):
-        try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    return v
-
-
-def _last_json_line(path: Path) -> dict | None:
-    """The last complete JSON line of a result.json that may be being appended to."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    for line in reversed(data.splitlines()):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue  # a line still being written
-        if isinstance(obj, dict):
-            return obj
-    return None
-
-
-def read_ray_study(folder: Path) -> tuple[dict[str, dict[str, Any]], float | None, list[str]]:
-    """Trials of one Tune experiment folder: {trial_id: {state, start, last_time, result, error}}, study start, notes."""
-    trials: dict[str, dict[str, Any]] = {}
-    notes: list[str] = []
-    start = None
-    if not folder.is_dir():
-        return trials, start, notes
-    states = sorted(glob.glob(str(folder / "experiment_state-*.json")))  # names carry a sortable date
-    if states:
-        try:
-            exp = json.loads(Path(states[-1]).read_text())
-            start = _num((exp.get("stats") or {}).get("start_time"))
-            for pair in exp.get("trial_data") or []:
-                meta, runtime = json.loads(pair[0]), json.loads(pair[1])
-                tid = str(_plain(meta.get("trial_id")))
-                last = _plain(runtime.get("last_result"))
-                trials[tid] = {
-                    "state": str(_plain(meta.get("status")) or ""),
-                    "start": _num(_plain(runtime.get("start_time"))),
-                    "last_time": _num(_plain(runtime.get("last_result_time"))),
-                    "result": last if isinstance(last, dict) else None,
-                    "error": _plain(runtime.get("error_filename")) not in (None, "None", "null", ""),
-                    "dir": str(_plain(meta.get("relative_logdir")) or ""),
-                }
-        except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
-            notes.append(f"{Path(states[-1]).name}: unreadable ({type(e).__name__}); trial states from trial folders only")
-    # Trial folders: newer results than the state file, and trials the state file does not list yet.
-    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
-        res = _last_json_line(d / "result.json") if (d / "result.json").exists() else None
-        tid = trial_id_of(d)
-        if not tid or not (res or (d / "params.json").exists()):
-            continue
-        t = trials.setdefault(tid, {"state": "", "start": None, "last_time": None, "result": None, "error": False, "dir": d.name})
-        if res:
-            old = t.get("result") or {}
-            if int(res.get("training_iteration", 0) or 0) >= int(old.get("training_iteration", 0) or 0):
-                t["result"] = res
-            t["last_time"] = max(filter(None, [t.get("last_time"), _num(res.get("timestamp"))]), default=None)
-        if (d / "error.txt").exists() or (d / "error.pkl").exists():
-            t["error"] = True
-        if not t["state"]:
-            done = bool(res and res.get("done"))
-            t["state"] = "ERROR" if t["error"] else ("TERMINATED" if done else "RUNNING")
-    return trials, start, notes
-
-
 def read_mlflow(uri: str, experiment_id: str, sweep: str) -> tuple[list, list[str]]:
     """All runs of the sweep in its MLflow experiment (studies and trials), read-only; (runs, notes)."""
     notes: list[str] = []
@@ -309,9 +221,9 @@ def merge_study(name: str, info: dict[str, Any], ray: dict[str, dict[str, Any]],
             state = rstate
         else:
             state = "RUNNING" if ml_status in ("RUNNING", "SCHEDULED", None) else "TERMINATED"
-        value = _finite(M.data.metrics.get(metric)) if (M is not None and metric) else None
+        value = finite(M.data.metrics.get(metric)) if (M is not None and metric) else None
         if value is None and metric:
-            value = _finite(res.get(metric))
+            value = finite(res.get(metric))
         epoch = res.get("epoch")
         epoch = int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
         max_epochs = (res.get("config") or {}).get("epochs")
@@ -345,7 +257,7 @@ def fill_from_history(uri: str, st: StudyStatus) -> None:
             last = max(hist, key=lambda m: (m.step, m.timestamp))
             if t.epoch is None or last.step > t.epoch:
                 t.epoch = int(last.step)
-                t.value = _finite(last.value) if _finite(last.value) is not None else t.value
+                t.value = finite(last.value) if finite(last.value) is not None else t.value
             ts = last.timestamp / 1000 if last.timestamp else None
             if ts and (t.last_result is None or ts > t.last_result):
                 t.last_result = ts
@@ -402,7 +314,7 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
         ray, start, n = read_ray_study(root / name)
         notes += [f"{name}: {x}" for x in n]
         st = StudyStatus(name=name, family=(info.get("families") or {}).get(name, ""), metric=metric or "?",
-                         mode=mode or "max", time_budget_s=_num(budgets.get(name)) or None,
+                         mode=mode or "max", time_budget_s=number(budgets.get(name)) or None,
                          planned=(planned or {}).get(name))
         st.trials = merge_study(name, info, ray, runs, now)
         fill_from_history(uri, st)
@@ -423,87 +335,9 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
         studies.append(st)
     alive = driver_alive(root)
     out = SweepStatus(root=root, name=str(info.get("name") or root.name), tracking_uri=uri, experiment_id=exp_id,
-                      started=_num(info.get("started")), studies=studies, now=now, notes=notes,
+                      started=number(info.get("started")), studies=studies, now=now, notes=notes,
                       driver_state=str(info.get("state") or ""), driver_alive=alive,
                       waiting=_waiting(root) if alive else "")
     # Files written while we read may be a moment newer than `now`: never show a negative age.
     out.now = max(now, out.last_activity or now)
     return out
-
-
-# ---------------------------------------------------------------- text
-
-
-def fmt_duration(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {(s % 3600) // 60:02d}m"
-
-
-def fmt_time(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def fmt_value(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def format_status(s: SweepStatus, *, trials: bool = True) -> str:
-    lines = [f"sweep {s.name}: {s.state}  ({s.root})"]
-    used = s.used_s()
-    when = f"started {fmt_time(s.started)}"
-    if s.state == "finished":
-        lines.append(f"time used: {fmt_duration(used)}  ({when}, last result {fmt_time(s.last_activity)})")
-    else:
-        ago = None if s.last_activity is None else s.now - s.last_activity
-        lines.append(f"time used: {fmt_duration(used)} so far  ({when}, last activity {fmt_duration(ago)} ago)")
-        if s.state == "running" and s.driver_alive is None and ago is not None and ago > 1800:
-            lines.append("  nothing new for over 30 minutes: a long epoch, or the sweep was interrupted "
-                         "(continue it with `gentune sweep SPEC --resume --name NAME`)")
-    if s.state == "interrupted":
-        lines.append("  the sweep was interrupted: continue it with `gentune sweep SPEC --resume --name NAME` "
-                     "(the same spec and --set values)")
-    if s.waiting:
-        lines.append(f"  waiting: {s.waiting}")
-    lines.append(f"MLflow: {s.tracking_uri or '-'}  experiment {s.experiment_id or '-'}")
-    for st in s.studies:
-        c = st.counts()
-        n = len(st.trials)
-        planned = f" of {st.planned}" if st.planned else ""
-        lines.append("")
-        lines.append(f"== study {st.name} ({st.family}), metric {st.metric} ({st.mode}): {st.state}, {n}{planned} trial(s) ==")
-        parts = [f"{c[o]} {o}" for o in OUTCOMES if c.get(o)]
-        sc = st.state_counts()
-        lines.append("trials: " + (", ".join(parts) if parts else "none yet")
-                     + ("  [Ray: " + ", ".join(f"{k} {v}" for k, v in sc.items() if v) + "]" if n else ""))
-        b = st.best
-        if b is not None:
-            lines.append(f"best so far: {st.metric}={fmt_value(b.value)}  trial {b.trial_id}"
-                         + (f" (run {b.run_name})" if b.run_name else ""))
-        else:
-            lines.append(f"best so far: none (no trial has reported {st.metric} yet)")
-        used = st.used_s(s.now)
-        if not st.time_budget_s:
-            lines.append(f"time: {fmt_duration(used)} used; no time budget")
-        elif st.state == "not started":
-            lines.append(f"time: not started; budget {fmt_duration(st.time_budget_s)}")
-        elif st.state == "finished":
-            lines.append(f"time: {fmt_duration(used)} used of a {fmt_duration(st.time_budget_s)} budget (finished)")
-        else:
-            lines.append(f"time: {fmt_duration(used)} used, {fmt_duration(st.left_s(s.now))} left of a "
-                         f"{fmt_duration(st.time_budget_s)} budget")
-        if trials and st.trials:
-            w = max(12, max(len(t.run_name or "") for t in st.trials))
-            lines.append(f"  {'trial':<10} {'run':<{w}} {'state':<10} {'outcome':<13} {'epoch':>5} {st.metric:>12}  stop reason")
-            for t in st.trials:
-                ep = "-" if t.epoch is None else str(t.epoch)
-                lines.append(f"  {t.trial_id:<10} {(t.run_name or '-'):<{w}} {t.state:<10} {t.outcome:<13} {ep:>5} "
-                             f"{fmt_value(t.value):>12}  {t.stop_reason}")
-    for n in s.notes:
-        lines.append(f"note: {n}")
-    return "\n".join(lines)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from analysis.rayfolder import trial_id_of
 from trainables.errors import CheckpointError, GentuneError
 
 CHECKPOINT = "checkpoint.pt"
@@ -452,7 +453,7 @@ class Sweep:
         return ckpts[-1][1] / CHECKPOINT
 
     def load_checkpoint(self, trial: Trial) -> dict[str, Any]:
-        from trainables.loop import load_checkpoint
+        from trainables.checkpoint import load_checkpoint
 
         return load_checkpoint(self.checkpoint_path(trial), trial.family or None)
 
@@ -466,23 +467,6 @@ def all_runs(client, experiment_id: str, filter_string: str = "", **kw) -> list:
         token = getattr(page, "token", None)
         if not token:
             return out
-
-
-def trial_id_of(d: Path) -> str | None:
-    """A Ray trial folder's trial id: from its result.json, else from its name (<trainable>_<id>_<n>_...)."""
-    res = d / "result.json"
-    if res.is_file():
-        try:
-            with res.open() as f:
-                first = f.readline()
-            if first.strip():
-                tid = json.loads(first).get("trial_id")
-                if tid:
-                    return str(tid)
-        except (OSError, ValueError):
-            pass
-    m = re.match(r"^.+?_([0-9a-f]{5,}(?:_[0-9]{5})?)_\d+_", d.name)
-    return m.group(1) if m else None
 
 
 def varied_params(trials: list[Trial]) -> list[str]:

@@ -629,7 +629,7 @@ def profile_gan(args) -> None:
 
 def layer_times(seq: torch.nn.Sequential, x: torch.Tensor, cfg, dev: torch.device, reps: int = 5) -> list[tuple[str, float]]:
     """Forward + backward time of each layer of a Sequential on its real input (autocast as in training)."""
-    from trainables.loop import autocast
+    from trainables.device import autocast
 
     out = []
     for i, layer in enumerate(seq):

@@ -32,7 +32,8 @@ def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = ()
     from ray import tune
     from PIL import Image
 
-    from trainables.loop import Epoch, fit, load_checkpoint, save_checkpoint
+    from trainables.checkpoint import load_checkpoint, save_checkpoint
+    from trainables.loop import Epoch, fit
 
     me = tune.get_context().get_trial_id() or ""
     resume, lineage, came = None, [], {}

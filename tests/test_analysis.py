@@ -151,14 +151,17 @@ def test_bundle_is_self_describing(sweep, bundles):
                                         ("ddpm", ["--n", "10", "--seed", "1"])])
 def test_generate_from_bundle_equals_checkpoint_sampling(sweep, bundles, tmp_path, study, args):
     """A fresh process with only the bundle draws the same pixels as sampling from the trial's checkpoint."""
-    from analysis.export import image_grid, sample_from_checkpoint
+    from analysis.export import generate_images, image_grid, models_from_checkpoint
+    from trainables.checkpoint import load_checkpoint
 
     out = tmp_path / "gen.png"
     gentune("generate", str(bundles[study]), "--out", str(out), *args, "--device", "cpu")
     opts = dict(zip(args[::2], args[1::2]))
-    ckpt = sweep.checkpoint_path(sweep.best_trial(study))
-    x, used = sample_from_checkpoint(ckpt, n=int(opts["--n"]), seed=int(opts["--seed"]),
-                                     guidance=float(opts["--guidance"]) if "--guidance" in opts else None, device="cpu")
+    path = sweep.checkpoint_path(sweep.best_trial(study))
+    ckpt = load_checkpoint(path)  # the trial's own checkpoint, as the report samples it (w: its last best_w)
+    cfg, models = models_from_checkpoint(ckpt, str(path))
+    x, _, used = generate_images(ckpt["family"], cfg, models, n=int(opts["--n"]), seed=int(opts["--seed"]),
+                                 metrics=ckpt["history"][-1], device="cpu")
     expected = image_grid(x, used["nrow"]).permute(1, 2, 0).numpy()
     got = read_png(out)
     assert got.shape == expected.shape

@@ -378,7 +378,7 @@ def test_catalogue_is_broad():
 @pytest.mark.parametrize("payload", ["code", "class"])
 def test_load_checkpoint_refuses_pickled_objects(tmp_path, payload):
     from trainables.errors import CheckpointError
-    from trainables.loop import load_checkpoint
+    from trainables.checkpoint import load_checkpoint
 
     marker = tmp_path / "pwned"
     obj = Payload(marker) if payload == "code" else MyDict(a=torch.ones(1))

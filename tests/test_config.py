@@ -117,7 +117,7 @@ def test_resolve_device_names_the_setting() -> None:
     import torch
 
     from trainables.errors import GentuneError
-    from trainables.loop import resolve_device
+    from trainables.device import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(GentuneError, match=r"--device 'gpu0' is not a torch device"):

@@ -108,4 +108,7 @@ def test_fourth_family_end_to_end(tmp_path, cache_dir, toy_registered):
     gentune("report", str(root), "--out", str(tmp_path / "report"), env=TOY_ENV)
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| toy | toy | val_acc (max) | 2 | 2 |" in md
+    # the family's own section, drawn by the function its registry entry names, from the best checkpoint
+    own = md.split("## Toy: per-digit accuracy", 1)[1].split("\n## ", 1)[0]
+    assert f"| all | {100 * best['value']:.2f}% |" in own, own
     assert (tmp_path / "report" / "sweep_toy_metric.png").stat().st_size > 1000

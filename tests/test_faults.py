@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from benchmarks import faults
-from trainables.loop import fit, nonfinite_tensor
+from trainables.checkpoint import nonfinite_tensor
+from trainables.loop import fit
 
 
 def explain(o: faults.Outcome) -> str:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import REPO, SPECS, gentune
-from trainables.loop import load_checkpoint
+from trainables.checkpoint import load_checkpoint
 
 
 def epochs_logged(out: Path) -> list[int]:

@@ -181,7 +181,7 @@ def test_status_matches_mlflow(smoke_sweep):
 def test_status_reads_trial_ids_that_look_like_numbers(smoke_sweep, tmp_path):
     """Ray's 8-hex trial ids can read as JSON numbers (759e2719 is a float, inf; 12345678 an int):
     the state file and the trial folders must still agree on them (a CI run once saw 3 trials of 2)."""
-    from analysis.status import read_ray_study
+    from analysis.rayfolder import read_ray_study
 
     src = smoke_sweep["root"] / "dann-baselines"
     old, _, _ = read_ray_study(src)

@@ -70,6 +70,28 @@ class ToyTrainer(Base):
         self.opt.load_state_dict(s["opt"])
 
 
+def report(rep) -> list:
+    """The family's own `gentune report` section: per-digit validation accuracy of its best trial."""
+    from analysis.report import Section, pct
+    from trainables.data import load_split
+
+    s = Section("Toy: per-digit accuracy")
+    best = rep.best_across("toy")
+    loaded = rep.models_or_note(best, s) if best is not None else None
+    if loaded is None:
+        s.note("No toy trial to show.")
+        return [s]
+    _, cfg, mods = loaded
+    val = load_split(cfg.data, "val", 16, "digits", cfg.cache_dir, quiet=True)
+    model = mods["model"].eval()
+    with torch.no_grad():
+        right = (model(val.batch(torch.arange(len(val)))).argmax(1) == val.labels).cpu()
+    labels = val.labels.cpu()
+    rows = [[str(d), pct(float(right[labels == d].float().mean()))] for d in range(10) if (labels == d).any()]
+    s.table(["digit", "accuracy"], rows + [["all", pct(float(right.float().mean()))]], f"trial {best.trial_id}")
+    return [s]
+
+
 register(Family("toy", ToyConfig, "tests.toy_family:ToyTrainer", {"val_acc": "max"}, "val_acc",
                 data=(("data", "train", 16, "digits"), ("data", "val", 16, "digits")),
-                smoke={"epochs": 1, "steps_per_epoch": 2}))
+                smoke={"epochs": 1, "steps_per_epoch": 2}, report="tests.toy_family:report"))

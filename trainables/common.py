@@ -6,7 +6,7 @@ from torch import nn
 
 from trainables.config import TrainConfig
 from trainables.data import ImageSet, load_split
-from trainables.loop import flag, resolve_device
+from trainables.device import flag, resolve_device
 
 
 class Base:

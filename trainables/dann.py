@@ -9,7 +9,8 @@ from models.dann import DANN, grad_reverse, lambda_at
 from trainables.common import Base, accuracy
 from trainables.config import DANNConfig
 from trainables.data import ImageSet, batches
-from trainables.loop import autocast, check_finite
+from trainables.device import autocast
+from trainables.loop import check_finite
 
 SPLIT_SEED = 20240601  # fixed: every trial of every sweep sees the same selection / test halves
 

@@ -17,7 +17,8 @@ from models.ddpm import DDPM, GuidedSampler, NoiseSchedule
 from trainables.common import Base, to_uint8
 from trainables.config import DDPMConfig
 from trainables.data import batches
-from trainables.loop import autocast, check_finite
+from trainables.device import autocast
+from trainables.loop import check_finite
 
 
 def noise_schedule(cfg: DDPMConfig, device: torch.device | str = "cpu") -> NoiseSchedule:

@@ -8,6 +8,8 @@ tests/toy_family.py is one. An unknown family is an error naming the known ones.
 What a family's bundles make is declared on its trainer class: static `sample_plan` and `sample_images`
 (with DEFAULT_N and SAMPLE_OPTIONS) for `gentune generate` and the report's samples (GAN, DDPM), static
 `classify_images` for `gentune predict` (DANN); a family without them exports and reports, and says so.
+Its own `gentune report` sections are a function named in `report` (analysis/report_sections.py holds
+the built-in ones); without one the report gives it the generic study sections.
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ class Family:
     data: tuple[tuple[str, str, int, str], ...] = ()
     smoke: dict[str, Any] = field(default_factory=dict)  # --smoke sizes: a run of under a minute on 2 CPU cores
     pbt_mutable: tuple[str, ...] = ()  # keys PBT may change in a running trial (the trainer re-applies them)
+    # "module:function" drawing the family's own `gentune report` sections: fn(report) -> [Section], adding
+    # the `gentune arch` names it showed to report.arch; imported by the report only. "": generic sections only
+    report: str = ""
 
     @property
     def data_keys(self) -> tuple[str, ...]:
@@ -98,11 +103,13 @@ register(Family(
     "gan", GANConfig, "trainables.gan:GANTrainer", {"fid": "min", "face_score": "max", "face_rate": "max", "diversity": "max"}, "auto",
     data=(("data", "train", 64, "faces"),), smoke={"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "n_eval": 32},
     pbt_mutable=("lr_g", "lr_d", "real_label_lo", "real_label_hi", "fake_label_lo", "fake_label_hi", "label_flip"),
+    report="analysis.report_sections:gan",
 ))
 register(Family(
     "ddpm", DDPMConfig, "trainables.ddpm:DDPMTrainer", {"acc": "max"}, "acc", metric_prefixes=("acc_w",),
     data=(("data", "train", 28, "digits"),),
     smoke={"epochs": 2, "steps_per_epoch": 3, "batch_size": 32, "n_feat": 16, "T": 25, "n_per_digit": 2},
+    report="analysis.report_sections:ddpm",
 ))
 register(Family(  # source_acc and dev_risk (deep embedded validation) select without target labels
     "dann", DANNConfig, "trainables.dann:DANNTrainer", {"target_acc": "max", "source_acc": "max", "dev_risk": "min", "domain_acc": "min"},
@@ -111,6 +118,7 @@ register(Family(  # source_acc and dev_risk (deep embedded validation) select wi
           ("target", "val", 32, "digits")),
     refused_metrics={"target_test_acc": "is the held-out half of the target labels, reported but never used to rank "
                      "trials; rank on target_acc (the selection half), source_acc or dev_risk (label-free)"}, smoke={"epochs": 2, "steps_per_epoch": 4, "batch_size": 32},
+    report="analysis.report_sections:dann",
 ))
 
 

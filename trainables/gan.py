@@ -9,7 +9,8 @@ from models.gan import NZ, build_gan
 from trainables.common import Base, to_uint8
 from trainables.config import GANConfig
 from trainables.data import batches
-from trainables.loop import autocast, check_finite
+from trainables.device import autocast
+from trainables.loop import check_finite
 
 
 def soft_targets(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:

@@ -9,7 +9,8 @@ from typing import Any
 
 from PIL import Image
 
-from trainables.loop import Epoch, fit, load_checkpoint, save_checkpoint
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.loop import Epoch, fit
 
 CHECKPOINT = "checkpoint.pt"
 

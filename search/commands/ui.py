@@ -29,7 +29,8 @@ def planned_trials(info: dict) -> dict[str, int] | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from analysis.status import format_status, read_status, read_sweep_json
+    from analysis.status import read_status, read_sweep_json
+    from analysis.status_text import format_status
 
     # A tracking server that is down should cost seconds, not MLflow's default minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
