@@ -83,6 +83,7 @@ def test_bad_cli_arguments_are_one_line(tmp_path) -> None:
     assert afile.read_bytes() == before
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_resume_needs_an_existing_sweep_with_the_same_spec(tmp_path) -> None:
     spec = write(tmp_path, SMALL)
     storage = tmp_path / "s"

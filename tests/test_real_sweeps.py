@@ -225,6 +225,7 @@ def trial_runs(root: Path) -> list:
     return [r for r in runs if r.data.tags.get("gentune.kind") == "trial"]
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 @pytest.mark.ray
 def test_dann_spec_with_eval_every_runs_and_asks_no_gpu_here(tmp_path, cache_dir) -> None:
     """The issue's first command: results without target_acc (odd epochs) never end the sweep, and the
@@ -275,6 +276,7 @@ def test_a_crashing_driver_is_one_line_with_the_traceback_in_a_log(tmp_path, cac
     assert "Traceback (most recent call last)" in log.read_text()
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 @pytest.mark.ray
 def test_diverged_trials_make_the_sweep_exit_nonzero(tmp_path, cache_dir) -> None:
     p = run_spec(tmp_path, "dann.yaml", ["lr=1.0e30", "budget.trials=1"], "--smoke")

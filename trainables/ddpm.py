@@ -11,7 +11,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-import torchvision.utils as vutils
 
 from models.ddpm import DDPM, GuidedSampler, NoiseSchedule
 from trainables.common import Base, to_uint8
@@ -189,6 +188,8 @@ class DDPMTrainer(Base):
             best = max(best, (acc, w), key=lambda a: a[0])
         x, _ = self.sample(labels, best[1], seed=cfg.seed + TEST_SEED, sampler=sampler)
         m["acc"], m["best_w"] = float((clf(x).argmax(1) == labels).float().mean()), best[1]
+        import torchvision.utils as vutils  # here: torchvision's import costs seconds, and only grids need it
+
         self._grid = to_uint8(vutils.make_grid(x.cpu(), nrow=cfg.n_per_digit, padding=2, pad_value=1))
         return m
 

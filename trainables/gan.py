@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision.utils as vutils
 
 from models.gan import NZ, build_gan
 from trainables.common import Base, to_uint8
@@ -182,6 +181,8 @@ class GANTrainer(Base):
     def sample_grid(self) -> torch.Tensor | None:
         if self._last_eval is None:
             return None
+        import torchvision.utils as vutils  # here: torchvision's import costs seconds, and only grids need it
+
         return to_uint8(vutils.make_grid(self._last_eval[:32].cpu(), nrow=8, padding=2, normalize=False, pad_value=1))
 
     def state(self) -> dict:
