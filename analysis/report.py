@@ -22,6 +22,7 @@ from typing import Any
 
 from analysis import compare as C
 from analysis import export as E
+from analysis.sampling import log
 from trainables.errors import CheckpointError, GentuneError
 from analysis.sweepdata import ARTIFACTS, Study, Sweep, Trial, better, check_parent, varied_params
 
@@ -133,7 +134,7 @@ class Report:
         self.arch: list[str] = []  # the `gentune arch` names of the models the family sections showed
 
     def log(self, msg: str) -> None:
-        E.log(f"gentune report: {msg}", self.quiet)
+        log(f"gentune report: {msg}", self.quiet)
 
     def studies_of(self, family: str) -> list[Study]:
         return [s for s in self.sweep.studies.values() if s.family == family]

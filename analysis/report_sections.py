@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from analysis import export as E
+from analysis.sampling import generate_images, image_grid
 from analysis.report import Report, Section, num, pct, slug
 from analysis.sweepdata import Trial
 from trainables.errors import CheckpointError
@@ -66,10 +66,10 @@ def gan(rep: Report) -> list[Section]:
             continue
         ckpt, cfg, mods = loaded
         rep.log(f"GAN model {cfg.model}: 32 images of {rep.trial_label(t)}")
-        x, _, _ = E.generate_images("gan", cfg, mods, n=32, seed=rep.seed, device=rep.device)
+        x, _, _ = generate_images("gan", cfg, mods, n=32, seed=rep.seed, device=rep.device)
         fr, fid = t.value("face_rate"), t.value("fid")
         cap = f"model {cfg.model}, trial {t.trial_id}: face rate {pct(fr)}" + (f", FID {fid:.2f}" if fid is not None else "")
-        panels.append((cap, E.image_grid(x, 8)))
+        panels.append((cap, image_grid(x, 8)))
         shown.add(cfg.model)
         s.studies.add(t.study)
         rows.append([f"model {cfg.model}", t.trial_id, t.study, str(ckpt.get("epoch")), pct(fr),
@@ -119,12 +119,12 @@ def ddpm(rep: Report) -> list[Section]:
         steps = [round(k * cfg.T / 500) for k in REVERSE_STEPS]
         rep.log(f"DDPM: 10x10 grid of {rep.trial_label(t)} (T={cfg.T}, the trial's best w) on {rep.device} ...")
         t0 = time.perf_counter()
-        x, kept, used = E.generate_images("ddpm", cfg, mods, n=100, seed=rep.seed, metrics=t.metrics,
+        x, kept, used = generate_images("ddpm", cfg, mods, n=100, seed=rep.seed, metrics=t.metrics,
                                           device=rep.device, keep_at=tuple(sorted(set(steps))))
         w = used["w"]
         rep.log(f"DDPM: sampled at w={w:g} in {time.perf_counter() - t0:.1f}s")
         tag = slug(t.trial_id)
-        g = plots.digit_grid(E.image_grid(x, 10), 10, rep.out / f"ddpm_{tag}_grid.png",
+        g = plots.digit_grid(image_grid(x, 10), 10, rep.out / f"ddpm_{tag}_grid.png",
                              f"trial {t.trial_id}: w={w:g}, T={cfg.T}, seed {rep.seed}")
         s.figure(g, f"100 generated digits, rows digits 0-9, columns different noise; guidance w={w:g} "
                     f"(the trial's best), T={cfg.T}, epoch {ckpt.get('epoch')}")

@@ -1,6 +1,7 @@
 """What each family of a sweep reached, in a few lines: the best GAN's face rate / diversity / FID, the
 best DDPM's accuracy on fresh samples at its chosen w, and the report's DANN table (target accuracy
-of the best source-only, DANN and target-only trial). Read from the sweep's MLflow store."""
+of the best source-only, DANN and target-only trial); any other family, the best trial of each study
+by its metric. Read from the sweep's MLflow store."""
 from __future__ import annotations
 
 from analysis.sweepdata import Sweep, Trial, better
@@ -22,29 +23,61 @@ def _f(t: Trial, key: str, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
-def summary_rows(sweep: Sweep) -> list[list[str]]:
-    """[family, what, trial, value(s)] rows."""
-    rows: list[list[str]] = []
-    finished = [t for t in sweep.all_trials if t.status == "FINISHED"]
-    by_family = {f: [t for t in finished if t.family == f] for f in ("gan", "ddpm", "dann")}
-    studies = sweep.studies
-    gan = by_family["gan"]
-    if gan:
-        metrics = {(studies[t.study].metric, studies[t.study].mode) for t in gan if t.study in studies}
-        metric, mode = sorted(metrics)[0] if len(metrics) == 1 else ("face_score", "max")
-        if (t := _best(gan, metric, mode)) is not None:
-            rows.append(["gan", f"best by {metric} (model {t.params.get('model', '?')})", t.trial_id,
-                         f"face rate {_f(t, 'face_rate')}, diversity {_f(t, 'diversity')}, FID {_f(t, 'fid', '{:.1f}')}"])
-    if (t := _best(by_family["ddpm"], "acc", "max")) is not None:
-        rows.append(["ddpm", "best by acc (fresh samples at best w)", t.trial_id,
-                     f"acc {_f(t, 'acc')} at w={_f(t, 'best_w', '{:g}')} (chance 0.100; evaluator {_f(t, 'evaluator_val_acc')})"])
+def gan(sweep: Sweep, gan: list[Trial]) -> list[list[str]]:
+    metrics = {(sweep.studies[t.study].metric, sweep.studies[t.study].mode) for t in gan if t.study in sweep.studies}
+    metric, mode = sorted(metrics)[0] if len(metrics) == 1 else ("face_score", "max")
+    if (t := _best(gan, metric, mode)) is None:
+        return []
+    return [["gan", f"best by {metric} (model {t.params.get('model', '?')})", t.trial_id,
+             f"face rate {_f(t, 'face_rate')}, diversity {_f(t, 'diversity')}, FID {_f(t, 'fid', '{:.1f}')}"]]
+
+
+def ddpm(sweep: Sweep, trials: list[Trial]) -> list[list[str]]:
+    if (t := _best(trials, "acc", "max")) is None:
+        return []
+    return [["ddpm", "best by acc (fresh samples at best w)", t.trial_id,
+             f"acc {_f(t, 'acc')} at w={_f(t, 'best_w', '{:g}')} (chance 0.100; evaluator {_f(t, 'evaluator_val_acc')})"]]
+
+
+def dann(sweep: Sweep, trials: list[Trial]) -> list[list[str]]:
+    rows = []
     for m in DANN_MODES:
-        t = _best([t for t in by_family["dann"] if t.params.get("mode", "dann") == m], "target_acc", "max")
+        t = _best([t for t in trials if t.params.get("mode", "dann") == m], "target_acc", "max")
         if t is not None:
             domains = f"{t.params.get('source.domain', '?')} -> {t.params.get('target.domain', '?')}"
             rows.append(["dann", f"{m} ({domains})", t.trial_id,
                          f"target test acc {_f(t, 'target_test_acc')} (selection {_f(t, 'target_acc')}), "
                          f"source acc {_f(t, 'source_acc')}"])
+    return rows
+
+
+def generic(family: str, sweep: Sweep, trials: list[Trial]) -> list[list[str]]:
+    """A family without its own rows: the best finished trial of each of its studies, by the study's metric."""
+    rows = []
+    for st in sweep.studies.values():
+        if st.family == family and (t := _best([t for t in trials if t.study == st.name], st.metric, st.mode)):
+            rows.append([family, f"best by {st.metric} (study {st.name})", t.trial_id, f"{st.metric} {_f(t, st.metric)}"])
+    return rows
+
+
+def summary_rows(sweep: Sweep) -> list[list[str]]:
+    """[family, what, trial, value(s)] rows, from the function each family's registry entry names in
+    `summary` ("module:function": fn(sweep, its finished trials) -> rows), else `generic`."""
+    import importlib
+
+    from trainables.families import known
+
+    finished = [t for t in sweep.all_trials if t.status == "FINISHED"]
+    rows: list[list[str]] = []
+    for name, fam in known().items():
+        trials = [t for t in finished if t.family == name]
+        if not trials:
+            continue
+        if fam.summary:
+            module, _, fn = fam.summary.partition(":")
+            rows += getattr(importlib.import_module(module), fn)(sweep, trials)
+        else:
+            rows += generic(name, sweep, trials)
     return rows
 
 

@@ -505,11 +505,7 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
     interrupted, failed: [(study, trial_id, message)]}."""
     import dataclasses
 
-    import ray
-
     from search.spec import plain_name
-    from search.tracking import ensure_experiment, error_line, tracking_uri_for
-    from trainables.loop import is_failure
 
     if name is not None:
         spec = dataclasses.replace(spec, name=plain_name("--name", name))
@@ -523,6 +519,11 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
     check_address(address)
     preflight(spec)
     prepare(spec, quiet)
+    import ray  # here: a refused spec or dataset is said before seconds of Ray and MLflow imports
+
+    from search.tracking import ensure_experiment, error_line
+    from trainables.loop import is_failure
+
     # Results lack the ranking metric between evaluations (eval_every > 1) and in the epoch a trial
     # diverges: Tune's strict check would end the sweep on one; the searcher and ASHA skip them.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -554,7 +555,8 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
                     "experiment_id": exp_id, "studies": [s.name for s in spec.studies],
                     "families": {s.name: s.family for s in spec.studies}, "metrics": {s.name: [s.metric, s.mode] for s in spec.studies},
                     "objectives": {s.name: [list(o) for o in s.objectives] for s in spec.studies},
-                    "time_budget_s": {s.name: s.time_budget_s for s in spec.studies}, "spec": spec.source, **(meta or {})}
+                    "time_budget_s": {s.name: s.time_budget_s for s in spec.studies},
+                    "trials": {s.name: s.trials for s in spec.studies}, "spec": spec.source, **(meta or {})}
             info["started"] = (old_info or {}).get("started", time.time())
             info["state"] = "running"
             _write_json(rp / "sweep.json", info)
@@ -593,9 +595,17 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
 
 
 def default_store(rp: Path) -> str:
-    from search.tracking import default_tracking_uri
+    return f"sqlite:///{(rp / 'mlflow.db').resolve()}"
 
-    return default_tracking_uri(rp)
+
+def tracking_uri_for(sweep_dir: Path | None, explicit: str = "") -> str:
+    """--tracking-uri, then $MLFLOW_TRACKING_URI, then the SQLite file in the sweep folder."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri:
+        return uri
+    if sweep_dir is None or "://" in str(sweep_dir):
+        raise SpecError("a sweep on remote storage needs an MLflow server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    return default_store(sweep_dir)
 
 
 def summary_table(grid, metrics: list[str]) -> str:

@@ -6,7 +6,6 @@ once, and a resumed sweep finds each trial's existing run by its tags instead of
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,22 +14,6 @@ from ray.tune import Callback
 
 SKIP_METRICS = {"epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
                 "iterations_since_restore", "done", "pid"}
-
-
-def default_tracking_uri(sweep_dir: Path) -> str:
-    return f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}"
-
-
-def tracking_uri_for(sweep_dir: Path | None, explicit: str = "") -> str:
-    """--tracking-uri, then $MLFLOW_TRACKING_URI, then the SQLite file in the sweep folder."""
-    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if uri:
-        return uri
-    if sweep_dir is None or "://" in str(sweep_dir):
-        from trainables.errors import SpecError
-
-        raise SpecError("a sweep on remote storage needs an MLflow server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
-    return default_tracking_uri(sweep_dir)
 
 
 def error_line(text: str) -> str:

@@ -151,7 +151,8 @@ def test_bundle_is_self_describing(sweep, bundles):
                                         ("ddpm", ["--n", "10", "--seed", "1"])])
 def test_generate_from_bundle_equals_checkpoint_sampling(sweep, bundles, tmp_path, study, args):
     """A fresh process with only the bundle draws the same pixels as sampling from the trial's checkpoint."""
-    from analysis.export import generate_images, image_grid, models_from_checkpoint
+    from analysis.export import models_from_checkpoint
+    from analysis.sampling import generate_images, image_grid
     from trainables.checkpoint import load_checkpoint
 
     out = tmp_path / "gen.png"
@@ -196,7 +197,7 @@ def test_predict_reaches_the_trials_target_accuracy(sweep, bundles, tmp_path):
     assert abs(correct - reported) <= 1, (correct, reported)
 
 
-def test_register_creates_a_loadable_model_version(smoke_sweep, sweep, tmp_path):
+def test_register_creates_a_loadable_model_version(smoke_sweep, sweep, tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -207,6 +208,10 @@ def test_register_creates_a_loadable_model_version(smoke_sweep, sweep, tmp_path)
     c = MlflowClient(tracking_uri=smoke_sweep["tracking_uri"], registry_uri=smoke_sweep["tracking_uri"])
     mv = c.get_model_version("gentune-dann", version)
     assert mv.run_id == sweep.best_trial("dann").run_id
+    # mlflow.set_*_uri also export MLFLOW_*_URI: through monkeypatch they are gone after this test, so later
+    # tests' gentune processes do not send their runs to this sweep's store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", smoke_sweep["tracking_uri"])
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", smoke_sweep["tracking_uri"])
     mlflow.set_tracking_uri(smoke_sweep["tracking_uri"])
     mlflow.set_registry_uri(smoke_sweep["tracking_uri"])
     local = mlflow.artifacts.download_artifacts(f"models:/gentune-dann/{version}", dst_path=str(tmp_path / "dl"))

@@ -1,5 +1,5 @@
 """The family registry: a fourth family, declared in tests/toy_family.py and named in GENTUNE_FAMILIES,
-runs through gentune train, a 2-trial sweep, export, report, status and compare without any change to
+runs through gentune train, a 2-trial sweep, export, report, status, compare and summary without any change to
 gentune's own files."""
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ def test_fourth_family_end_to_end(tmp_path, cache_dir, toy_registered):
 
     csv = gentune("compare", str(root), "--format", "csv", env=TOY_ENV).stdout
     assert best["trial_id"] in csv and "val_acc" in csv
+    summary = gentune("summary", str(root), env=TOY_ENV).stdout  # no rows of its own: the generic best-trial row
+    assert f"best by val_acc (study toy)  {best['trial_id']}  val_acc {best['value']:.3f}" in summary, summary
 
     p = gentune("export", str(root), "--out", str(tmp_path / "bundle"), env=TOY_ENV)
     meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())

@@ -178,6 +178,20 @@ def test_status_matches_mlflow(smoke_sweep):
     assert "best so far" in brief and "stop reason" not in brief
 
 
+def test_status_takes_the_planned_trials_from_sweep_json(smoke_sweep):
+    """sweep.json records each study's planned trials, so `gentune status` need not parse the spec (which
+    imports torch to resolve the GAN's metric auto); a sweep from before that falls back on the spec."""
+    from search.commands.ui import planned_trials
+    from search.spec import parse_spec
+
+    info = smoke_sweep["info"]
+    spec = parse_spec(info["spec"], list(info.get("overrides") or []), bool(info.get("smoke")))
+    assert info["trials"] == {s.name: s.trials for s in spec.studies}
+    assert planned_trials({**info, "spec": "not: [a spec"}) == info["trials"]
+    older = {k: v for k, v in info.items() if k != "trials"}
+    assert planned_trials(older) == info["trials"]
+
+
 def test_status_reads_trial_ids_that_look_like_numbers(smoke_sweep, tmp_path):
     """Ray's 8-hex trial ids can read as JSON numbers (759e2719 is a float, inf; 12345678 an int):
     the state file and the trial folders must still agree on them (a CI run once saw 3 trials of 2)."""

@@ -40,6 +40,9 @@ class Family:
     # "module:function" drawing the family's own `gentune report` sections: fn(report) -> [Section], adding
     # the `gentune arch` names it showed to report.arch; imported by the report only. "": generic sections only
     report: str = ""
+    # "module:function" of its `gentune summary` rows: fn(sweep, its finished trials) -> [[family, what,
+    # trial id, values]]; "": the best trial of each of its studies by the study's metric
+    summary: str = ""
 
     @property
     def data_keys(self) -> tuple[str, ...]:
@@ -104,12 +107,14 @@ register(Family(
     data=(("data", "train", 64, "faces"),), smoke={"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "n_eval": 32},
     pbt_mutable=("lr_g", "lr_d", "real_label_lo", "real_label_hi", "fake_label_lo", "fake_label_hi", "label_flip"),
     report="analysis.report_sections:gan",
+    summary="analysis.summary:gan",
 ))
 register(Family(
     "ddpm", DDPMConfig, "trainables.ddpm:DDPMTrainer", {"acc": "max"}, "acc", metric_prefixes=("acc_w",),
     data=(("data", "train", 28, "digits"),),
     smoke={"epochs": 2, "steps_per_epoch": 3, "batch_size": 32, "n_feat": 16, "T": 25, "n_per_digit": 2},
     report="analysis.report_sections:ddpm",
+    summary="analysis.summary:ddpm",
 ))
 register(Family(  # source_acc and dev_risk (deep embedded validation) select without target labels
     "dann", DANNConfig, "trainables.dann:DANNTrainer", {"target_acc": "max", "source_acc": "max", "dev_risk": "min", "domain_acc": "min"},
@@ -119,6 +124,7 @@ register(Family(  # source_acc and dev_risk (deep embedded validation) select wi
     refused_metrics={"target_test_acc": "is the held-out half of the target labels, reported but never used to rank "
                      "trials; rank on target_acc (the selection half), source_acc or dev_risk (label-free)"}, smoke={"epochs": 2, "steps_per_epoch": 4, "batch_size": 32},
     report="analysis.report_sections:dann",
+    summary="analysis.summary:dann",
 ))
 
 

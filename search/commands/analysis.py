@@ -54,7 +54,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from analysis.export import generate_from_bundle, image_grid, save_png
+    from analysis.export import generate_from_bundle
+    from analysis.sampling import image_grid, save_png
     from analysis.sweepdata import check_out_file
 
     out = check_out_file(args.out, "--out", ".png")  # before sampling, which may take minutes

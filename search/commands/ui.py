@@ -18,7 +18,11 @@ from trainables.errors import GentuneError
 
 
 def planned_trials(info: dict) -> dict[str, int] | None:
-    """Trials per study as the sweep's spec asks (with its overrides and --smoke), where it still parses."""
+    """Trials per study as the sweep's spec asks (with its overrides and --smoke): as sweep.json records them,
+    else (sweeps from before it did) from the spec, where it still parses."""
+    planned = info.get("trials")
+    if isinstance(planned, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in planned.values()):
+        return planned
     try:
         from search.spec import parse_spec
 
