@@ -12,7 +12,6 @@ What it shows:
 """
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -261,17 +260,12 @@ class Report:
     # --- the whole report --------------------------------------------------------------------------
 
     def build(self) -> list[Section]:
-        from trainables.families import known
+        from trainables.families import hook, known
 
         fams = {st.family for st in self.sweep.studies.values()}
         own = []
-        for name, fam in known().items():  # registry order: gan, ddpm, dann, then the plugins
-            if name in fams and fam.report:
-                module, _, fn = fam.report.partition(":")
-                try:
-                    draw = getattr(importlib.import_module(module), fn)
-                except (ImportError, AttributeError) as e:
-                    raise GentuneError(f"family {name}: its report sections {fam.report!r} cannot be loaded ({e})") from None
+        for name in known():  # registry order: gan, ddpm, dann, then the plugins
+            if name in fams and (draw := hook(name, "report")) is not None:
                 own += draw(self)
         secs = [self.overview()]
         a = self.architectures(self.arch)

@@ -63,21 +63,15 @@ def generic(family: str, sweep: Sweep, trials: list[Trial]) -> list[list[str]]:
 def summary_rows(sweep: Sweep) -> list[list[str]]:
     """[family, what, trial, value(s)] rows, from the function each family's registry entry names in
     `summary` ("module:function": fn(sweep, its finished trials) -> rows), else `generic`."""
-    import importlib
-
-    from trainables.families import known
+    from trainables.families import hook, known
 
     finished = [t for t in sweep.all_trials if t.status == "FINISHED"]
     rows: list[list[str]] = []
-    for name, fam in known().items():
+    for name in known():
         trials = [t for t in finished if t.family == name]
-        if not trials:
-            continue
-        if fam.summary:
-            module, _, fn = fam.summary.partition(":")
-            rows += getattr(importlib.import_module(module), fn)(sweep, trials)
-        else:
-            rows += generic(name, sweep, trials)
+        if trials:
+            own = hook(name, "summary")
+            rows += own(sweep, trials) if own else generic(name, sweep, trials)
     return rows
 
 

@@ -79,9 +79,21 @@ def config_class(name: str) -> type[TrainConfig]:
     return family(name).config
 
 
+def hook(name: str, field: str) -> Any:
+    """What the family's "module:attribute" entry `field` (trainer, report, summary) names, imported now;
+    a path that does not import is one error naming the family. None when the entry is empty."""
+    path = getattr(family(name), field)
+    if not path:
+        return None
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(f"family {name}: its {field} {path!r} cannot be loaded ({e})") from None
+
+
 def trainer_class(name: str) -> type:
-    module, _, cls = family(name).trainer.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return hook(name, "trainer")
 
 
 def build_trainer(name: str, cfg: TrainConfig, quiet: bool = False) -> Any:
