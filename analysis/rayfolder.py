@@ -4,6 +4,11 @@ experiment_state-*.json holds Ray's own trial states (PENDING / RUNNING / PAUSED
 ERROR) and the study's start; each trial folder's result.json holds its results, one JSON line per
 report. Nothing here writes, and half-written files (a line being appended, a state file being
 replaced) are read as far as they are complete.
+
+Why not Ray's ExperimentAnalysis: it decodes experiment_state with cloudpickle (its own docstring:
+"executes arbitrary code"), so `gentune status/export` on a sweep folder someone else made would run
+that folder's code; its checkpoints are those of the last state save (a killed driver leaves newer
+checkpoint_<n> folders it does not know); and importing ray.tune costs 2.5 s per command here.
 """
 from __future__ import annotations
 

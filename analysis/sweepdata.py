@@ -2,7 +2,8 @@
 
 Folder of a sweep (written by `gentune sweep`): <root>/sweep.json, <root>/mlflow.db (unless the sweep
 used a tracking server), and one Ray Tune experiment folder per study, <root>/<study>/<trial folder>/
-checkpoint_<n>/checkpoint.pt. Nothing here imports Ray: the trial folders are found by walking them.
+checkpoint_<n>/checkpoint.pt. Nothing here imports Ray: the trial folders are found by walking them
+(analysis/rayfolder.py says why not with Ray's ExperimentAnalysis).
 """
 from __future__ import annotations
 

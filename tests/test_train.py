@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import REPO, SPECS, gentune
 from trainables.checkpoint import load_checkpoint
+from trainables.standalone import sigint_deferred
 
 
 def epochs_logged(out: Path) -> list[int]:
@@ -54,6 +55,21 @@ def test_ctrl_c_then_rerun_resumes(family, extra, tmp_path, cache_dir) -> None:
     assert epochs_logged(out) == [1, 2, 3, 4]
     final = load_checkpoint(ckpt, family)
     assert final["epoch"] == 4 and [h["epoch"] for h in final["history"]] == [1, 2, 3, 4]
+
+
+def test_ctrl_c_between_checkpoint_and_metrics_line_waits_for_both() -> None:
+    """A SIGINT that lands inside an epoch's writes (CI saw a checkpoint of epoch 1 with an empty
+    metrics.jsonl) is raised only once the checkpoint and its metrics line are both written."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    written = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_deferred():
+            written.append("checkpoint")
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            written.append("metrics line")
+    assert written == ["checkpoint", "metrics line"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes

@@ -3,7 +3,10 @@ and resume from that checkpoint when the same output folder is used again."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,22 @@ def save_grid(grid, path: Path) -> None:
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
+@contextmanager
+def sigint_deferred():
+    """Ctrl-C during the block takes effect when it ends, so a checkpoint is never without its metrics line."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if caught and callable(old):
+        old(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+
+
 def train_standalone(family: str, flat: dict[str, Any], out: Path, quiet: bool = False) -> str | None:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
@@ -37,9 +56,10 @@ def train_standalone(family: str, flat: dict[str, Any], out: Path, quiet: bool =
         log.write_text("")
 
     def sink(e: Epoch) -> None:
-        save_checkpoint(e.checkpoint, ckpt_path)
-        with log.open("a") as f:
-            f.write(json.dumps(e.metrics) + "\n")
+        with sigint_deferred():
+            save_checkpoint(e.checkpoint, ckpt_path)
+            with log.open("a") as f:
+                f.write(json.dumps(e.metrics) + "\n")
         if e.grid is not None:
             save_grid(e.grid, out / "samples" / f"epoch_{e.epoch:04d}.png")
         if not quiet:
