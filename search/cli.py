@@ -8,7 +8,7 @@ import sys
 from trainables.errors import GentuneError
 
 # Modules under search/commands, each with register(subparsers).
-COMMAND_MODULES = ("core", "sweep", "metrics", "analysis", "ui", "summary")
+COMMAND_MODULES = ("core", "sweep", "metrics", "analysis", "ui", "summary", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

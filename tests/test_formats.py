@@ -294,6 +294,25 @@ def test_build_mnistm_small_photo(mnist_test, tmp_path):
     assert not (tmp_path / "mm" / "mnist_m_train").exists()
 
 
+def test_gentune_mnistm_builds_a_split_the_mnistm_source_reads(shared, mnist_test, tmp_path):
+    """`gentune mnistm` as a user runs it: MNIST's test files + a photo folder -> MNIST-M's format with
+    MNIST's labels, progress on stderr; a second run that fails (MNIST train files absent here) leaves it."""
+    from tests.conftest import gentune
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        _write_png(tmp_path / "photos" / f"{i}.png", _rand_rgb(rng, 40 + i, 50))
+    out = tmp_path / "mm"
+    r = gentune("mnistm", str(shared / "mnist"), str(tmp_path / "photos"), "--out", str(out), "--split", "test", "--limit", "40")
+    assert "test 40/40" in r.stderr and f"root: {out}" in r.stdout
+    images, labels = read_mnistm(out, "test")
+    assert images.shape == (40, 28, 28, 3) and (labels == mnist_test[1][:40]).all()
+    before = (out / "mnist_m_test_labels.txt").read_text()
+    r = gentune("mnistm", str(shared / "mnist"), str(tmp_path / "photos"), "--out", str(out), check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "train-images-idx3-ubyte" in r.stderr, r.stderr
+    assert (out / "mnist_m_test_labels.txt").read_text() == before and not (out / "mnist_m_train").exists()
+
+
 # ------------------------------------------------------------------------------------ bad input
 
 def test_missing_folders(tmp_path):

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -398,7 +398,8 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
 
 
 def build_mnistm(mnist_images: np.ndarray, mnist_labels: np.ndarray, photos: Sequence[np.ndarray],
-                 out_root: PathLike, split: str, seed: int = 0) -> Path:
+                 out_root: PathLike, split: str, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
     """Build MNIST-M with Ganin & Lempitsky's recipe and write it in MNIST-M's own format.
 
     For each MNIST digit d (grey uint8 HxW, 28x28 for MNIST; (N, H, W) or grey-replicated
@@ -406,7 +407,8 @@ def build_mnistm(mnist_images: np.ndarray, mnist_labels: np.ndarray, photos: Seq
     (each photo (h, w, 3) uint8 with h >= H, w >= W) and output |p - d| per channel. Writes
     ``out_root/mnist_m_<split>/%08d.png`` and ``out_root/mnist_m_<split>_labels.txt`` (lines
     ``00000000.png 7``) via a temporary folder in ``out_root``, so a failed build leaves no
-    half-written split; an existing split there is replaced. Returns ``out_root``.
+    half-written split; an existing split there is replaced. ``progress(done, total)`` is called
+    after each image. Returns ``out_root``.
     """
     _check_split(split, ("train", "test"), "MNIST-M")
     digits = np.asarray(mnist_images)
@@ -454,6 +456,8 @@ def build_mnistm(mnist_images: np.ndarray, mnist_labels: np.ndarray, photos: Seq
             name = f"{i:08d}.png"
             _save_png(out, tmp / folder.name / name)
             lines.append(f"{name} {int(label)}\n")
+            if progress is not None:
+                progress(i + 1, len(digits))
         (tmp / lab_path.name).write_text("".join(lines), encoding="ascii")
         # Swap in: old split (if any) moves into tmp, then the new one moves out of it.
         old = tmp / "old"
