@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.errors import DataError
+from trainables.formats import mnistm_blend
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 
@@ -43,17 +44,6 @@ def photos() -> list[np.ndarray]:
     import skimage.data
 
     return [getattr(skimage.data, name)()[..., :3] for name in PHOTOS]
-
-
-def _mnistm(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """g (N,28,28) in [0,1] -> |patch - digit| per channel, uint8 (N,28,28,3)."""
-    pics = photos()
-    out = np.empty((len(g), 28, 28, 3), np.uint8)
-    for i, digit in enumerate((g * 255).astype(np.int16)):
-        p = pics[rng.integers(len(pics))]
-        y, x = rng.integers(0, p.shape[0] - 28), rng.integers(0, p.shape[1] - 28)
-        out[i] = np.abs(p[y : y + 28, x : x + 28].astype(np.int16) - digit[..., None]).astype(np.uint8)
-    return out
 
 
 def _svhn(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -88,7 +78,7 @@ def digits(domain: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if domain == "mnistm":
         g = np.zeros((len(x), 28, 28), np.float32)
         g[:, 4:24, 4:24] = _resize(x, 20)  # MNIST: digit in a 20x20 box centred in 28x28
-        imgs = _mnistm(g, rng)
+        imgs = mnistm_blend((g * 255).astype(np.uint8), photos(), rng)
     elif domain == "usps":
         grey = (_resize(x, 16) * 255).astype(np.uint8)
         imgs = np.repeat(grey[..., None], 3, axis=-1)

@@ -397,14 +397,26 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG")
 
 
+def mnistm_blend(digits: np.ndarray, photos: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Ganin & Lempitsky's recipe: each grey uint8 digit d of (N, H, W) becomes |p - d| per channel, p an
+    HxW crop of a random photo at a random offset; returns uint8 (N, H, W, 3). Offsets run from 0 to
+    photo size - crop size - 1 (the demo data were made so; a photo of exactly the crop size gives its one crop)."""
+    n, h, w = digits.shape
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i, d in enumerate(digits.astype(np.int16)):
+        p = photos[int(rng.integers(len(photos)))]
+        y, x = int(rng.integers(max(1, p.shape[0] - h))), int(rng.integers(max(1, p.shape[1] - w)))
+        out[i] = np.abs(p[y:y + h, x:x + w].astype(np.int16) - d[..., None]).astype(np.uint8)
+    return out
+
+
 def build_mnistm(mnist_images: np.ndarray, mnist_labels: np.ndarray, photos: Sequence[np.ndarray],
                  out_root: PathLike, split: str, seed: int = 0,
                  progress: Callable[[int, int], None] | None = None) -> Path:
-    """Build MNIST-M with Ganin & Lempitsky's recipe and write it in MNIST-M's own format.
+    """Build MNIST-M with :func:`mnistm_blend` and write it in MNIST-M's own format.
 
-    For each MNIST digit d (grey uint8 HxW, 28x28 for MNIST; (N, H, W) or grey-replicated
-    (N, H, W, 3) as :func:`read_mnist` returns), take a random HxW crop p of a random colour photo
-    (each photo (h, w, 3) uint8 with h >= H, w >= W) and output |p - d| per channel. Writes
+    The digits are grey uint8 HxW (28x28 for MNIST; (N, H, W) or grey-replicated (N, H, W, 3) as
+    :func:`read_mnist` returns), each photo (h, w, 3) uint8 with h >= H, w >= W. Writes
     ``out_root/mnist_m_<split>/%08d.png`` and ``out_root/mnist_m_<split>_labels.txt`` (lines
     ``00000000.png 7``) via a temporary folder in ``out_root``, so a failed build leaves no
     half-written split; an existing split there is replaced. ``progress(done, total)`` is called
@@ -444,17 +456,11 @@ def build_mnistm(mnist_images: np.ndarray, mnist_labels: np.ndarray, photos: Seq
         raise DataError(f"cannot create MNIST-M output folder {out_root}: {_one_line(e)}") from None
     folder, lab_path = out_root / f"mnist_m_{split}", out_root / f"mnist_m_{split}_labels.txt"
     try:
-        rng = np.random.default_rng(seed)
         (tmp / folder.name).mkdir()
         lines = []
-        for i, (digit, label) in enumerate(zip(digits, labels)):
-            photo = photos[int(rng.integers(len(photos)))]
-            y = int(rng.integers(photo.shape[0] - h + 1))
-            x = int(rng.integers(photo.shape[1] - w + 1))
-            patch = photo[y:y + h, x:x + w].astype(np.int16)
-            out = np.abs(patch - digit.astype(np.int16)[..., None]).astype(np.uint8)
+        for i, (image, label) in enumerate(zip(mnistm_blend(digits, photos, np.random.default_rng(seed)), labels)):
             name = f"{i:08d}.png"
-            _save_png(out, tmp / folder.name / name)
+            _save_png(image, tmp / folder.name / name)
             lines.append(f"{name} {int(label)}\n")
             if progress is not None:
                 progress(i + 1, len(digits))
