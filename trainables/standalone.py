@@ -39,8 +39,8 @@ def sigint_deferred():
         yield
     finally:
         signal.signal(signal.SIGINT, old)
-    if caught and callable(old):
-        old(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+    if caught:
+        signal.raise_signal(signal.SIGINT)  # now to the handler that was there (Python's raises KeyboardInterrupt)
 
 
 def train_standalone(family: str, flat: dict[str, Any], out: Path, quiet: bool = False) -> str | None:
