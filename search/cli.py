@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from search.commands import Help
 from trainables.errors import GentuneError
 
 # Modules under search/commands, each with register(subparsers).
@@ -15,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gentune",
         description="Hyperparameter search for face GANs, conditional DDPM and DANN (Ray Tune + Optuna + MLflow).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Help,
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

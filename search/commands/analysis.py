@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from search.commands import Help
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import build_report
@@ -79,7 +81,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = Help
     tracking = "MLflow tracking URI; default: the one in the sweep's sweep.json (or SWEEP/mlflow.db)"
 
     p = sub.add_parser("report", formatter_class=fmt,

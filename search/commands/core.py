@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from search.commands import Help
 from trainables.errors import SpecError
 
 ARCHS = ("gan-a", "gan-b", "ddpm", "dann")
@@ -64,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = Help
     p = sub.add_parser("arch", help="print an architecture as the report does, with its parameter count", formatter_class=fmt)
     p.add_argument("name", choices=ARCHS, help="which architecture")
     p.set_defaults(func=cmd_arch)

@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from search.commands import Help
 from trainables.errors import SpecError
 
 
@@ -33,7 +34,7 @@ def cmd_mnistm(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("mnistm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = sub.add_parser("mnistm", formatter_class=Help,
                        help="build MNIST-M from MNIST and colour photos (|photo crop - digit| per channel)",
                        description="Build MNIST-M as Ganin & Lempitsky did: each MNIST digit d becomes |p - d| per "
                                    "channel, p a random crop of a random colour photo (they used BSDS500). Written in "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from search.commands import Help
 from trainables.errors import GentuneError
 
 _FID_DIMS = (64, 192, 768, 2048)
@@ -46,7 +47,7 @@ def register(subparsers: Any) -> None:
             "(png/jpg/...; non-recursive) or a pytorch-fid .npz stats file, as `python -m pytorch_fid`. "
             "Weights: --weights, then $GENTUNE_FID_WEIGHTS, then the torch hub cache."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Help,
     )
     p.add_argument("path1", metavar="PATH1", help="image folder or .npz stats file")
     p.add_argument("path2", metavar="PATH2", help="image folder or .npz stats file")
@@ -77,7 +78,7 @@ def register(subparsers: Any) -> None:
             "Face rate of the images in DIR (non-recursive): dlib's HOG frontal face detector with "
             "one upsampling step; an image counts when exactly one face is found (the report's grader rule)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Help,
     )
     q.add_argument("dir", metavar="DIR", help="folder of images (png/jpg/...)")
     q.set_defaults(func=_face_rate)

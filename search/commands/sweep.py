@@ -7,6 +7,8 @@ import time
 import traceback
 from pathlib import Path
 
+from search.commands import Help
+
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from trainables.errors import GentuneError
@@ -60,7 +62,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="run a hyperparameter sweep (Ray Tune + Optuna + ASHA, tracked in MLflow)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=Help)
     p.add_argument("spec", help="sweep spec YAML (search/specs/*.yaml or your own)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (fixes it, removing its search domain; seed= seeds the trials) or "

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from search.commands import Help
 from trainables.errors import GentuneError
 
 
@@ -263,7 +264,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = Help
     p = sub.add_parser("status", formatter_class=fmt,
                        help="where a sweep stands: trials by state, best so far per study, time used and left (read-only; "
                             "safe while the sweep runs)")
