@@ -83,7 +83,7 @@ def test_readme_tour_commands_run(smoke_sweep, tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.long  # 15-25 min on 2 cores
+@pytest.mark.long  # 20-25 min on 2 cores
 def test_quickstart_script(tmp_path) -> None:
     """The README's first command as written (with the sweep in a temp folder)."""
     env = {**os.environ, "STORAGE": str(tmp_path), "NAME": "qs"}
@@ -104,5 +104,6 @@ def test_quickstart_script(tmp_path) -> None:
     num = lambda text, key: float(text.split(key + " ", 1)[1].split(",")[0].split(" ")[0])  # noqa: E731
     assert num(rows[("gan", "best by face_score")], "face rate") >= 0.5, rows
     assert num(rows[("ddpm", "best by acc")], "acc") >= 0.3, rows  # chance: 0.1
-    assert num(rows[("dann", "dann")], "target test acc") > num(rows[("dann", "source-only")], "target test acc") + 0.1, rows
+    # measured 0.856 vs 0.267; 0.428 when ASHA stopped the start point at epoch 2 (the DANN study is FIFO now)
+    assert num(rows[("dann", "dann")], "target test acc") > num(rows[("dann", "source-only")], "target test acc") + 0.3, rows
     assert "What sweep qs reached" in p.stdout
