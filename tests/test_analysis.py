@@ -337,10 +337,14 @@ def test_every_option_has_help_and_defaults_are_shown():
 
     from search.cli import build_parser
 
+    from search.commands import Help
+
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    for cmd in ("report", "compare", "export", "generate", "predict"):
-        p = sub.choices[cmd]
-        assert p.formatter_class is argparse.ArgumentDefaultsHelpFormatter, cmd
+    for cmd, p in sub.choices.items():
+        assert p.formatter_class is Help, cmd
+        text = p.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text, cmd
         for a in p._actions:
             if not isinstance(a, argparse._HelpAction):
                 assert a.help and len(a.help) > 10, f"gentune {cmd} {a.dest} has no help text"
+    assert "(default: 0)" in sub.choices["generate"].format_help()  # a real default is still shown (--seed)
