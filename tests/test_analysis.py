@@ -220,6 +220,7 @@ def test_register_creates_a_loadable_model_version(smoke_sweep, sweep, tmp_path,
     assert b.meta["sha256"] == json.loads((tmp_path / "b" / "bundle.json").read_text())["sha256"]
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_export_refuses_without_leaving_output(smoke_sweep, tmp_path):
     out = tmp_path / "nothing"
     e = one_line_error(gentune("export", str(tmp_path / "no-sweep"), "--out", str(out), check=False))

@@ -126,6 +126,7 @@ def test_generate_refuses_values_it_cannot_sample(bundles, tmp_path, family, arg
     assert not png.exists()
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_generate_refuses_an_out_it_cannot_write_before_sampling(bundles, tmp_path):
     folder = tmp_path / "existing"
     folder.mkdir()
@@ -193,6 +194,7 @@ def test_ui_refuses_impossible_options(smoke_sweep, args, names):
 
 # --- 5. FID weights that are not a checkpoint ---------------------------------------------------------
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_fid_weights_that_are_not_a_checkpoint(tmp_path):
     import torch
     from PIL import Image

@@ -228,6 +228,7 @@ def test_status_missing_folder(tmp_path):
         assert "Traceback" not in p.stderr and p.stdout == ""
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_status_while_running(smoke_sweep, tmp_path):
     """A copy of the finished sweep doctored into a running one: a trial still running (its Ray folder not yet
     synced), one diverged, one errored, a study not started, a time budget with time left."""
@@ -290,6 +291,7 @@ def test_status_while_running(smoke_sweep, tmp_path):
 # ---------------------------------------------------------------- ui
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_ui_serves_the_sweep_on_localhost(smoke_sweep, tmp_path):
     root, info = smoke_sweep["root"], smoke_sweep["info"]
     exp = info["experiment_id"]
@@ -323,6 +325,7 @@ def test_ui_serves_the_sweep_on_localhost(smoke_sweep, tmp_path):
     assert started < 180
 
 
+@pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
 def test_ui_quiet_tracking_uri_and_sigterm(smoke_sweep, tmp_path):
     port = free_port()
     ui = UiServer(["--tracking-uri", smoke_sweep["tracking_uri"], "--port", str(port), "--quiet"], tmp_path / "ui.log")
