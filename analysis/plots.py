@@ -150,8 +150,8 @@ def pareto_scatter(points: dict[str, tuple[float, float]], front: list[str], nam
     return save(fig, path)
 
 
-def optuna_plot(kind: str, study: Any, path: Path, title: str = "") -> Path:
-    """Optuna's own matplotlib figure: kind 'importances' or 'parallel'."""
+def optuna_plot(kind: str, study: Any, path: Path, title: str = "", metric: str = "Objective Value") -> Path:
+    """Optuna's own matplotlib figure: kind 'importances' or 'parallel', on the study's first objective."""
     import optuna
     from optuna.visualization import matplotlib as ovm
 
@@ -160,7 +160,8 @@ def optuna_plot(kind: str, study: Any, path: Path, title: str = "") -> Path:
     with warnings.catch_warnings(), plt.style.context("ggplot"):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", UserWarning)  # e.g. "importances will be equal" with very few trials
-        ax = ovm.plot_param_importances(study) if kind == "importances" else ovm.plot_parallel_coordinate(study)
+        first = {"target": lambda t: t.values[0], "target_name": metric}
+        ax = (ovm.plot_param_importances if kind == "importances" else ovm.plot_parallel_coordinate)(study, **first)
         ax = np.ravel(ax)[0] if isinstance(ax, np.ndarray) else ax
         if title:  # replaces optuna's own title (left- or centre-aligned)
             for loc in ("left", "center", "right"):

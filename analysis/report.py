@@ -7,8 +7,8 @@ What it shows:
   built-in GAN, DDPM and DANN ones are in analysis/report_sections.py), for the best trial of each
   study or the trials named with --trial;
 - every study: its metric per trial over epochs, Optuna's parameter importances and parallel coordinates
-  (from the Optuna study the sweep stored, or one rebuilt from the MLflow runs where there is none:
-  PBT, two objectives, older sweeps), the Pareto front of a two-objective study, and the trials table.
+  (from the Optuna study the sweep stored in SWEEP/optuna.db; a two-objective study's on its first
+  objective), the Pareto front of a two-objective study, and the trials table.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from analysis import compare as C
 from analysis import export as E
 from analysis.sampling import log
 from trainables.errors import CheckpointError, GentuneError
-from analysis.sweepdata import ARTIFACTS, Study, Sweep, Trial, better, check_parent, varied_params
+from analysis.sweepdata import ARTIFACTS, Study, Sweep, Trial, better, check_parent
 
 # --- a small document model rendered to both HTML and Markdown -----------------------------------------
 
@@ -224,11 +224,12 @@ class Report:
         if study is None:
             s.note(f"Parameter importances and parallel coordinates skipped: {why}.")
         else:
-            if len({t.value for t in study.trials}) == 1:
+            if len({t.values[0] for t in study.trials}) == 1:
                 s.note(f"Every completed trial ended with the same {st.metric}, so the importances carry no information.")
             for kind, title in (("importances", "parameter importances"), ("parallel", "parallel coordinates")):
                 try:
-                    p = plots.optuna_plot(kind, study, self.out / f"sweep_{tag}_{kind}.png", f"study {st.name}: {title}")
+                    p = plots.optuna_plot(kind, study, self.out / f"sweep_{tag}_{kind}.png", f"study {st.name}: {title}",
+                                          st.metric)
                     s.figure(p, f"Optuna's {title} of the {len(study.trials)} completed trials "
                                 f"(objective: final {st.metric}, {st.mode}; {why})")
                 except Exception as e:  # noqa: BLE001 - e.g. an importance evaluator that cannot fit these few trials
@@ -279,72 +280,29 @@ class Report:
         return secs
 
 
-# --- Optuna study rebuilt from MLflow ------------------------------------------------------------------
-
-def _distribution(key: str, values: list[Any], domain: dict[str, Any] | None):
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    nums = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    if domain:
-        kind = next((k for k in ("loguniform", "uniform", "int", "choice") if k in domain), None)
-        if kind == "choice":
-            choices = list(domain["choice"]) + [v for v in values if v not in domain["choice"]]
-            return CategoricalDistribution([_cat(c) for c in choices])
-        if kind in ("loguniform", "uniform", "int") and nums:
-            lo, hi = (float(x) for x in domain[kind])
-            lo, hi = min(lo, *values), max(hi, *values)
-            if kind == "int":
-                return IntDistribution(int(lo), int(hi))
-            return FloatDistribution(lo, hi, log=kind == "loguniform" and lo > 0)
-    if nums:
-        lo, hi = min(values), max(values)
-        if all(isinstance(v, int) for v in values):
-            return IntDistribution(int(lo), int(hi))
-        return FloatDistribution(float(lo), float(hi), log=lo > 0 and hi / lo > 20)
-    return CategoricalDistribution(sorted({_cat(v) for v in values}, key=str))
-
-
-def _cat(v: Any) -> Any:
-    return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
-
+# --- the Optuna study the sweep stored ------------------------------------------------------------------
 
 def optuna_study(sweep: Sweep, st: Study):
-    """(an optuna.Study of the study's completed trials, and where it came from) or (None, why not): the
-    study Tune's searcher kept in SWEEP/optuna.db, else (older sweeps, multi-objective, PBT) one rebuilt
-    from MLflow on the final `st.metric`."""
+    """(the optuna.Study Tune's searcher kept in SWEEP/optuna.db, its completed trials only, and what it ranks)
+    or (None, why not). A two-objective study is plotted on its first objective."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     db = sweep.root / "optuna.db"
-    if db.is_file() and len(st.objectives) <= 1:
-        try:
-            stored = optuna.load_study(study_name=st.name, storage=f"sqlite:///{db}")
-        except KeyError:
-            stored = None
-        done = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE] if stored else []
-        keys = {k for t in done for k in t.params}
-        if len(done) >= 2 and any(len({repr(t.params.get(k)) for t in done}) > 1 for k in keys):
-            study = optuna.create_study(direction=stored.direction, study_name=st.name)
-            study.add_trials(done)
-            return study, "the sweep's stored Optuna study"
-    done = sweep.finished(st.name, st.metric)
-    if len(done) < 2:
-        return None, f"{len(done)} completed trial(s) with {st.metric}; at least 2 are needed"
-    keys = varied_params(done)
-    if not keys:
-        return None, "no parameter varies between the completed trials"
-    dists = {k: _distribution(k, [t.params.get(k) for t in done], st.search.get(k)) for k in keys}
-    study = optuna.create_study(direction="maximize" if st.mode == "max" else "minimize", study_name=st.name)
-    for t in done:
-        params = {k: (_cat(t.params.get(k)) if isinstance(dists[k], optuna.distributions.CategoricalDistribution)
-                      else t.params.get(k)) for k in keys}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.value(st.metric),
-                                                  user_attrs={"trial_id": t.trial_id}))
-    return study, "rebuilt from MLflow"
+    try:
+        stored = optuna.load_study(study_name=st.name, storage=f"sqlite:///{db}") if db.is_file() else None
+    except KeyError:
+        stored = None
+    if stored is None:
+        return None, ("the sweep stored no Optuna study for it (studies without a search space, PBT studies, "
+                      "sweeps on remote storage and sweeps older than stored studies have none)")
+    done = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    keys = {k for t in done for k in t.params}
+    if len(done) < 2 or not any(len({repr(t.params.get(k)) for t in done}) > 1 for k in keys):
+        return None, f"{len(done)} completed trial(s) in the stored Optuna study, with no parameter that varies"
+    study = optuna.create_study(directions=stored.directions, study_name=st.name)
+    study.add_trials(done)
+    return study, "the sweep's stored Optuna study"
 
 
 # --- entry point -------------------------------------------------------------------------------------

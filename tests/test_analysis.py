@@ -86,6 +86,7 @@ def test_report_writes_every_figure_and_logs_them(smoke_sweep, sweep, tmp_path):
 
         if len(done) >= 2 and varied_params(done):
             expected += [f"sweep_{name}_importances.png", f"sweep_{name}_parallel.png"]
+            assert f"(objective: final {st.metric}, {st.mode}; the sweep's stored Optuna study)" in md
         else:
             assert "Parameter importances and parallel coordinates skipped" in md
     for f in expected:

@@ -1,11 +1,18 @@
-"""`gentune status`, `compare`, `report` and `export` give the same answers as the committed record of
-them (tests/answers/quickstart_smoke.json) on the session's smoke sweep of the quickstart spec.
+"""`gentune status`, `compare`, `report` and `export` give the same answers as the code from before the
+refactor of issue 15 (commit REFERENCE, the last one before the family registry) on the session's smoke sweep.
 
-A refactor must not change what a user is told. Trial ids (random), run ids, times and code versions
-are replaced or left out; everything else (states, outcomes, metrics, params, best trials, the report's
-tables, the bundles' configs and metrics) must match. After an intended change, rewrite the record:
+A refactor must not change what a user is told. Both versions of the code read the same sweep folder, so the
+answers must match exactly (floats to 1e-9), whatever CPU trained the sweep; the one intended change is
+compare's `metric_mode` column (the old CSV had two columns named `mode`, the metric's direction and DANN's
+param, and csv.DictReader kept only the param). Trial ids (random), run ids, times and code versions are
+replaced or left out; everything else (states, outcomes, metrics, params, best trials, the report's tables and
+figures, the bundles' configs and metrics) is compared.
 
-    GENTUNE_WRITE_ANSWERS=1 python -m pytest tests/test_answers.py
+Where the clone lacks that commit (no git, a shallow clone), the answers are compared with the record that
+commit's code gave (tests/answers/quickstart_smoke.json) instead: there the sweep itself was trained on another
+machine, so numbers may differ by the float drift of training on another CPU (measured up to 8% on the smoke
+models' losses, one or two images of a split in accuracy) and are compared to 10% or 0.02. Rewrite the record
+with GENTUNE_WRITE_ANSWERS=1 python -m pytest tests/test_answers.py
 """
 from __future__ import annotations
 
@@ -15,15 +22,19 @@ import json
 import math
 import os
 import re
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import gentune
+from tests.conftest import REPO
+from tests.conftest import gentune as run_cli
 
 pytestmark = pytest.mark.ray
 
 RECORD = Path(__file__).parent / "answers" / "quickstart_smoke.json"
+REFERENCE = "582c97bf5b5dc9c197e0cdae60e2ff76582de23e"  # the last commit before the family registry (issue 15's first change)
 DROP = {"root", "now", "started", "ended", "last_result", "last_activity", "run_id", "tracking_uri", "experiment_id",
         "used_s", "left_s", "code_version", "sha256", "created", "mlflow_run_id", "epoch_time_s", "notes"}
 
@@ -50,7 +61,25 @@ def _clean(obj, labels: dict[str, str]):
     return obj
 
 
-def answers(root: Path, out: Path) -> dict:
+def reference_code(dest: Path) -> Path | None:
+    """The tree of commit REFERENCE extracted into `dest`, or None where this clone does not hold it."""
+    try:
+        p = subprocess.run(["git", "-C", str(REPO), "archive", REFERENCE], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode != 0:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(p.stdout)) as t:
+        t.extractall(dest, filter="data")
+    return dest
+
+
+def answers(root: Path, out: Path, code: Path = REPO) -> dict:
+    """What the CLI of the code in `code` answers about the sweep in `root` (its files written under `out`)."""
+
+    def gentune(*args: str):
+        return run_cli(*args, cwd=code)
+
     compare_csv = gentune("compare", str(root), "--format", "csv").stdout
     labels = _id_labels(compare_csv)
     status = json.loads(gentune("status", str(root), "--json").stdout)
@@ -73,26 +102,46 @@ def answers(root: Path, out: Path) -> dict:
     }, labels)
 
 
-def _diff(a, b, path: str = "") -> list[str]:
-    """Where two answer trees differ; floats compare to 1e-9 relative (the same arithmetic, any print)."""
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _close(a: float, b: float, drift: bool) -> bool:
+    return math.isclose(a, b, rel_tol=0.1, abs_tol=0.02) if drift else math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _diff(a, b, path: str = "", drift: bool = False) -> list[str]:
+    """Where two answer trees differ. Floats compare to 1e-9 relative (the same arithmetic, any print); with
+    `drift` (a sweep trained on another machine) numbers, also those inside strings, to 10% or 0.02."""
     if isinstance(a, dict) and isinstance(b, dict):
-        out = [f"{path}.{k}: only in {'record' if k in a else 'now'}" for k in sorted(set(a) ^ set(b))]
-        return out + [d for k in sorted(set(a) & set(b)) for d in _diff(a[k], b[k], f"{path}.{k}")]
+        out = [f"{path}.{k}: only in {'reference' if k in a else 'now'}" for k in sorted(set(a) ^ set(b))]
+        return out + [d for k in sorted(set(a) & set(b)) for d in _diff(a[k], b[k], f"{path}.{k}", drift)]
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
-            return [f"{path}: {len(a)} entries recorded, {len(b)} now"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
-    if isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
-        return []
-    return [] if a == b else [f"{path}: recorded {a!r}, now {b!r}"]
+            return [f"{path}: {len(a)} entries in the reference, {len(b)} now"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]", drift)]
+    same = a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        same = _close(float(a), float(b), drift)
+    elif drift and isinstance(a, str) and isinstance(b, str):
+        na, nb = NUMBER.findall(a), NUMBER.findall(b)
+        same = (NUMBER.sub("#", a) == NUMBER.sub("#", b) and len(na) == len(nb)
+                and all(_close(float(x), float(y), drift) for x, y in zip(na, nb)))
+    return [] if same else [f"{path}: reference {a!r}, now {b!r}"]
 
 
 @pytest.mark.slow  # in .ci/run's slow set: keeps the default run under 10 minutes
-def test_status_compare_report_export_answer_as_recorded(smoke_sweep, tmp_path):
-    now = answers(smoke_sweep["root"], tmp_path)
+def test_status_compare_report_export_answer_as_before_the_refactor(smoke_sweep, tmp_path):
+    now = answers(smoke_sweep["root"], tmp_path / "now")
     if os.environ.get("GENTUNE_WRITE_ANSWERS"):
         RECORD.parent.mkdir(exist_ok=True)
         RECORD.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n")
-    recorded = json.loads(RECORD.read_text())
-    diffs = _diff(recorded, now)
-    assert not diffs, f"{len(diffs)} answer(s) changed:\n" + "\n".join(diffs[:40])
+    code = reference_code(tmp_path / "reference")
+    if code is not None:
+        before, drift = answers(smoke_sweep["root"], tmp_path / "before", code), False
+        for row in now["compare"]:  # the intended change (see the module docstring)
+            assert row.pop("metric_mode") in ("min", "max"), row
+    else:  # no history in this clone: the record, from a sweep trained elsewhere
+        before, drift = json.loads(RECORD.read_text()), True
+    diffs = _diff(before, now, drift=drift)
+    where = f"commit {REFERENCE}" if code is not None else f"the record {RECORD.name} (no commit {REFERENCE} here)"
+    assert not diffs, f"{len(diffs)} answer(s) differ from those of {where}:\n" + "\n".join(diffs[:40])

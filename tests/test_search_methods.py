@@ -206,7 +206,10 @@ def test_two_objective_study_records_its_front_and_report_and_export_use_it(two_
     assert len(stored.directions) == 2 and len(stored.trials) == 4
     rep = gentune("report", str(root), "--out", str(tmp_path / "rep"))
     assert (tmp_path / "rep" / "sweep_gan_pareto.png").stat().st_size > 5000
-    assert "Pareto-optimal trials" in (tmp_path / "rep" / "report.md").read_text(), rep.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Pareto-optimal trials" in md, rep.stderr
+    # importances and parallel coordinates of the stored two-objective study, on its first objective
+    assert "](sweep_gan_importances.png)" in md and "objective: final face_rate, max; the sweep's stored Optuna study" in md
     pick = knee({k: vals[k] for k in expect}, ("max", "max"))
     e = gentune("export", str(root), "--out", str(tmp_path / "b"))
     assert f"trial {pick} of study gan" in e.stderr and "Pareto-optimal" in e.stderr
