@@ -298,8 +298,10 @@ def optuna_study(sweep: Sweep, st: Study):
                       "sweeps on remote storage and sweeps older than stored studies have none)")
     done = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
     keys = {k for t in done for k in t.params}
-    if len(done) < 2 or not any(len({repr(t.params.get(k)) for t in done}) > 1 for k in keys):
-        return None, f"{len(done)} completed trial(s) in the stored Optuna study, with no parameter that varies"
+    if len(done) < 2:
+        return None, f"{len(done)} completed trial(s) in the sweep's stored Optuna study; at least 2 are needed"
+    if not any(len({repr(t.params.get(k)) for t in done}) > 1 for k in keys):
+        return None, "no parameter varies between the completed trials of the sweep's stored Optuna study"
     study = optuna.create_study(directions=stored.directions, study_name=st.name)
     study.add_trials(done)
     return study, "the sweep's stored Optuna study"
