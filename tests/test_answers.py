@@ -8,11 +8,11 @@ param, and csv.DictReader kept only the param). Trial ids (random), run ids, tim
 replaced or left out; everything else (states, outcomes, metrics, params, best trials, the report's tables and
 figures, the bundles' configs and metrics) is compared.
 
-Where the clone lacks that commit (no git, a shallow clone), the answers are compared with the record that
-commit's code gave (tests/answers/quickstart_smoke.json) instead: there the sweep itself was trained on another
-machine, so numbers may differ by the float drift of training on another CPU (measured up to 8% on the smoke
-models' losses, one or two images of a split in accuracy) and are compared to 10% or 0.02. Rewrite the record
-with GENTUNE_WRITE_ANSWERS=1 python -m pytest tests/test_answers.py
+Where the clone lacks that commit (no git, a shallow clone), the answers are compared with the committed record
+(tests/answers/quickstart_smoke.json, metric_mode included) instead. Its sweep was trained on another machine, so
+numbers may differ by the float drift of training on another CPU (measured up to 8% on the smoke models' losses,
+one or two images of a split in accuracy) and are compared to 10% or 0.02. Rewrite the record with
+GENTUNE_WRITE_ANSWERS=1 python -m pytest tests/test_answers.py
 """
 from __future__ import annotations
 
