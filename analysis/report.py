@@ -23,7 +23,7 @@ from analysis import compare as C
 from analysis import export as E
 from analysis.sampling import log
 from trainables.errors import CheckpointError, GentuneError
-from analysis.sweepdata import ARTIFACTS, Study, Sweep, Trial, better, check_parent
+from analysis.sweepdata import ARTIFACTS, Study, Sweep, Trial, better, check_parent, varied_params
 
 # --- a small document model rendered to both HTML and Markdown -----------------------------------------
 
@@ -283,8 +283,8 @@ class Report:
 # --- the Optuna study the sweep stored ------------------------------------------------------------------
 
 def optuna_study(sweep: Sweep, st: Study):
-    """(the optuna.Study Tune's searcher kept in SWEEP/optuna.db, its completed trials only, and what it ranks)
-    or (None, why not). A two-objective study is plotted on its first objective."""
+    """(the optuna.Study Tune's searcher kept in SWEEP/optuna.db, with its completed trials only, and where it
+    came from) or (None, why not). A two-objective study is plotted on its first objective."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -297,10 +297,9 @@ def optuna_study(sweep: Sweep, st: Study):
         return None, ("the sweep stored no Optuna study for it (studies without a search space, PBT studies, "
                       "sweeps on remote storage and sweeps older than stored studies have none)")
     done = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    keys = {k for t in done for k in t.params}
     if len(done) < 2:
         return None, f"{len(done)} completed trial(s) in the sweep's stored Optuna study; at least 2 are needed"
-    if not any(len({repr(t.params.get(k)) for t in done}) > 1 for k in keys):
+    if not varied_params(done):
         return None, "no parameter varies between the completed trials of the sweep's stored Optuna study"
     study = optuna.create_study(directions=stored.directions, study_name=st.name)
     study.add_trials(done)

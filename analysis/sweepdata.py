@@ -470,7 +470,8 @@ def all_runs(client, experiment_id: str, filter_string: str = "", **kw) -> list:
             return out
 
 
-def varied_params(trials: list[Trial]) -> list[str]:
-    """Param keys whose value is not the same in every trial (missing counts as a value)."""
+def varied_params(trials: list) -> list[str]:
+    """Param keys whose value is not the same in every trial (missing counts as a value); trials are anything
+    with a `params` dict (a Trial, an Optuna FrozenTrial)."""
     keys = sorted({k for t in trials for k in t.params})
     return [k for k in keys if len({json.dumps(t.params.get(k), sort_keys=True, default=str) for t in trials}) > 1]
