@@ -121,10 +121,19 @@ def full_config(st: Study) -> dict[str, Any]:
     return to_flat(from_flat(config_class(st.family), st.config))
 
 
+def join_path(base: str, *parts: str) -> str:
+    """`base`/parts for a folder or a URI. A URI's query string (pyarrow's options, e.g.
+    s3://bucket/x?endpoint_override=host:9000) stays at the end, after the joined path."""
+    if "://" not in base:
+        return str(Path(base, *parts))
+    head, q, query = base.partition("?")
+    return "/".join([head.rstrip("/"), *(p.strip("/") for p in parts)]) + q + query
+
+
 def sweep_dir(spec: Spec, storage: str | None, name: str | None) -> str:
     base = storage or spec.storage
     if "://" in base:
-        return f"{base.rstrip('/')}/{name or spec.name}"
+        return join_path(base, name or spec.name)
     return str((Path(base).expanduser() / (name or spec.name)).resolve())
 
 
@@ -165,7 +174,7 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
     if parent is None:
         parent = c.create_run(exp_id, run_name=st.name, tags={
             "gentune.sweep": spec.name, "gentune.study": st.name, "gentune.kind": "study", "gentune.family": st.family,
-            "gentune.metric": st.metric, "gentune.mode": st.mode, "gentune.storage": f"{root}/{st.name}",
+            "gentune.metric": st.metric, "gentune.mode": st.mode, "gentune.storage": join_path(root, st.name),
             "gentune.objectives": ",".join(f"{m}:{mode}" for m, mode in st.objectives),
         })
         c.log_text(parent.info.run_id, json.dumps(spec.source, indent=2, default=str), "spec.json")
@@ -180,7 +189,7 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
                                     {"cpu": st.cpu, "gpu": st.gpu})
     callbacks = [MlflowTrials(uri, exp_id, pid, spec.name, st.name, st.family, st.epochs, watch=mutable),
                  pending_watch(st.name, root if "://" not in root else None)]
-    path = f"{root}/{st.name}"
+    path = join_path(root, st.name)
     multi = len(st.objectives) > 1
     if resume and tune.Tuner.can_restore(path):
         print(f"gentune sweep: resuming study {st.name} from {path}", file=sys.stderr)
