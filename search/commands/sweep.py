@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 import traceback
@@ -20,8 +21,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         out = run_sweep(spec, storage=args.storage, name=args.name, address=args.address, resume=args.resume,
                         tracking_uri=args.tracking_uri, quiet=args.quiet, meta=meta)
-    except (GentuneError, KeyboardInterrupt):
+    except GentuneError:
         raise
+    except KeyboardInterrupt:  # a Ctrl-C that Tune did not catch: between studies, or a second one
+        print(f"gentune sweep: interrupted; resume with: {resume_command(args)}", file=sys.stderr)
+        return 130
     except Exception as e:  # a crash of the driver: one line here, the traceback in the sweep folder
         if args.debug:
             raise
@@ -49,15 +53,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print("best: none (no trial reported the metric)")
     print(f"\nsweep folder: {out['root']}\nMLflow: {out['tracking_uri']}  (open with: gentune ui {out['root']})")
     if out["interrupted"]:
-        again = " ".join(["gentune sweep", str(args.spec), *[f"--set {s}" for s in args.set], *(["--smoke"] if args.smoke else []),
-                          *(["--storage", args.storage] if args.storage else []), "--name", Path(out["root"]).name, "--resume"])
-        print(f"gentune sweep: interrupted; resume with: {again}", file=sys.stderr)
+        print(f"gentune sweep: interrupted; resume with: {resume_command(args)}", file=sys.stderr)
         return 130
     if out["failed"]:
         study, trial, msg = out["failed"][0]
         print(f"gentune sweep: {len(out['failed'])} trial(s) failed; first: study {study} trial {trial}: {msg}", file=sys.stderr)
         return 1
     return 0
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line the user typed, plus --resume: every option (--address, --storage, --tracking-uri,
+    each --set) as given, quoted for a shell. Called in-process with other arguments (main(argv)), it
+    spells the parsed options out instead."""
+    from search.cli import build_parser
+
+    words = sys.argv[1:]
+    try:
+        typed = vars(build_parser().parse_args(words)) == vars(args)
+    except SystemExit:
+        typed = False
+    if not typed:
+        words = ["sweep", str(args.spec), *[w for s in args.set for w in ("--set", s)],
+                 *(["--storage", args.storage] if args.storage else []), *(["--name", args.name] if args.name else []),
+                 *(["--address", args.address] if args.address else []),
+                 *(["--tracking-uri", args.tracking_uri] if args.tracking_uri else []),
+                 *(["--smoke"] if args.smoke else []), *(["--quiet"] if args.quiet else [])]
+    return shlex.join(["gentune", *words, *([] if "--resume" in words else ["--resume"])])
 
 
 def register(sub) -> None:
