@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -161,34 +162,56 @@ def prepare(spec: Spec, quiet: bool) -> None:
         families.prepare(st.family, from_flat(families.config_class(st.family), st.config), quiet)
 
 
+def spool_dir(root: str, name: str) -> Path:
+    """Where tracking's journal lives: in a local sweep folder (it is part of the sweep), on local disk for a
+    remote one (appending to an object store is not possible; the driver that resumes it must run here)."""
+    if "://" not in root:
+        return Path(root) / ".tracking"
+    import hashlib
+
+    return Path.home() / ".cache" / "gentune" / "tracking" / f"{name}-{hashlib.sha1(root.encode()).hexdigest()[:10]}"
+
+
+# How long a driver ending a study waits for MLflow to take what is left (an outage longer than this
+# leaves the rest in the journal for --resume).
+TRACKING_DRAIN_S = float(os.environ.get("GENTUNE_TRACKING_DRAIN_S", "60"))
+
+
 def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: bool, quiet: bool):
+    """Run one study through Tune; returns (ResultGrid, best Result or None, interrupted)."""
+    from search.tracking import Writer
+
+    w = Writer(uri, exp_id, spool_dir(root, spec.name), spec.name, st.name)
+    w.append({"op": "study", "run": "study", "name": st.name, "spec": json.dumps(spec.source, indent=2, default=str), "tags": {
+        "gentune.sweep": spec.name, "gentune.study": st.name, "gentune.kind": "study", "gentune.family": st.family,
+        "gentune.metric": st.metric, "gentune.mode": st.mode, "gentune.storage": join_path(root, st.name),
+        "gentune.objectives": ",".join(f"{m}:{mode}" for m, mode in st.objectives)}})
+    interrupted = True  # until fit() has returned and said otherwise
+    try:
+        grid, best, interrupted = _run_study(spec, st, root, resume, quiet, w)
+        return grid, best, interrupted
+    finally:
+        # no run this driver opened is left RUNNING, whatever ended the study (Ctrl-C twice, an error)
+        w.end_unended("interrupted: the driver stopped before the trial ended")
+        w.append({"op": "end", "run": "study", "status": "KILLED" if interrupted else "FINISHED"})
+        w.close(TRACKING_DRAIN_S if not interrupted else min(TRACKING_DRAIN_S, 10))
+
+
+def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-    from search.tracking import MlflowTrials, client, find_run
+    from search.tracking import MlflowTrials
     from trainables import families
-
-    parent = find_run(uri, exp_id, sweep=spec.name, study=st.name, kind="study")
-    c = client(uri)
-    if parent is None:
-        parent = c.create_run(exp_id, run_name=st.name, tags={
-            "gentune.sweep": spec.name, "gentune.study": st.name, "gentune.kind": "study", "gentune.family": st.family,
-            "gentune.metric": st.metric, "gentune.mode": st.mode, "gentune.storage": join_path(root, st.name),
-            "gentune.objectives": ",".join(f"{m}:{mode}" for m, mode in st.objectives),
-        })
-        c.log_text(parent.info.run_id, json.dumps(spec.source, indent=2, default=str), "spec.json")
-    else:
-        c.update_run(parent.info.run_id, status="RUNNING")
-    pid = parent.info.run_id
 
     pbt = st.scheduler == "pbt"
     mutable = tuple(d.key for d in st.search if d.key in families.family(st.family).pbt_mutable and d.kind != "choice") if pbt else ()
     trainable = tune.with_resources(tune.with_parameters(run_trial, family=st.family, mutable=mutable,
                                                          checkpoint_every=st.perturbation_interval if pbt else 1),
                                     {"cpu": st.cpu, "gpu": st.gpu})
-    callbacks = [MlflowTrials(uri, exp_id, pid, spec.name, st.name, st.family, st.epochs, watch=mutable),
-                 pending_watch(st.name, root if "://" not in root else None)]
+    callbacks = [MlflowTrials(st.name, st.family, st.epochs, watch=mutable),
+                 pending_watch(st.name, root if "://" not in root else None), sigint_watch(st.name)]
     path = join_path(root, st.name)
     multi = len(st.objectives) > 1
     if resume and tune.Tuner.can_restore(path):
@@ -243,24 +266,35 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=3 if pbt else 1),
             ),
         )
-    grid = tuner.fit()
+    SIGINTS.discard(st.name)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()
+    finally:
+        # Tune leaves its own handler installed after a run that was not interrupted: a Ctrl-C between
+        # studies then went nowhere. Put back the one from before (Python's: KeyboardInterrupt).
+        signal.signal(signal.SIGINT, before)
+    states = trial_states(grid)
+    # interrupted: Ctrl-C reached Tune (its cleanup marks the running trials TERMINATED as if finished, so the
+    # states alone cannot tell), a trial left unfinished, or fewer trials made than planned (no time budget)
+    interrupted = st.name in SIGINTS or any(v not in ("TERMINATED", "ERROR") for v in states.values()) or (
+        bool(states) and len(states) < st.trials and not st.time_budget_s)
     best = None
     try:
         best = grid.get_best_result(metric=st.metric, mode=st.mode, scope="last")
     except RuntimeError:
         pass
     if best is not None and best.metrics and st.metric in best.metrics:
-        c.log_metric(pid, f"best_{st.metric}", float(best.metrics[st.metric]))
-        c.set_tag(pid, "gentune.best_trial_id", result_trial_id(best))
-        c.log_text(pid, json.dumps(best.config, indent=2, default=str), "best_config.json")
+        w.append({"op": "metrics", "run": "study", "step": 0, "ts": int(time.time() * 1000),
+                  "values": {f"best_{st.metric}": float(best.metrics[st.metric])}})
+        w.append({"op": "tags", "run": "study", "tags": {"gentune.best_trial_id": result_trial_id(best)}})
+        w.append({"op": "text", "run": "study", "name": "best_config.json", "text": json.dumps(best.config, indent=2, default=str)})
     if multi:
-        front = tag_pareto(c, pid, grid, st.objectives,
-                           lambda tid: find_run(uri, exp_id, sweep=spec.name, study=st.name, trial_id=tid))
+        front = tag_pareto(w, grid, st.objectives)
         if not quiet:
             print(f"gentune sweep: study {st.name}: Pareto-optimal trials on {', '.join(m for m, _ in st.objectives)}: "
                   f"{', '.join(front) or 'none'}", file=sys.stderr)
-    c.set_terminated(pid, status="FINISHED")
-    return grid, best
+    return grid, best, interrupted
 
 
 def tune_domain(d: Domain):
@@ -307,7 +341,7 @@ def optuna_storage(root: str):
     return optuna.storages.RDBStorage(f"sqlite:///{Path(root).resolve() / 'optuna.db'}")
 
 
-def tag_pareto(c, pid: str, grid, objectives, run_of) -> list[str]:
+def tag_pareto(w, grid, objectives) -> list[str]:
     """Record a multi-objective study's Pareto-optimal trials (on their final values): a tag on the study
     run (gentune.pareto_trials) and gentune.pareto = 1 on each such trial's run."""
     from analysis.sweepdata import pareto_front
@@ -320,11 +354,9 @@ def tag_pareto(c, pid: str, grid, objectives, run_of) -> list[str]:
         if r.error is None and not is_failure(m.get("stop_reason")) and all(k in m for k in names):
             points[result_trial_id(r)] = tuple(float(m[k]) for k in names)
     front = pareto_front(points, tuple(mode for _, mode in objectives))
-    c.set_tag(pid, "gentune.pareto_trials", ",".join(sorted(front)))
-    for tid in front:
-        run = run_of(tid)
-        if run is not None:
-            c.set_tag(run.info.run_id, "gentune.pareto", "1")
+    w.append({"op": "tags", "run": "study", "tags": {"gentune.pareto_trials": ",".join(sorted(front))}})
+    for tid in sorted(front):
+        w.append({"op": "tags", "run": tid, "tags": {"gentune.pareto": "1"}})
     return sorted(front)
 
 
@@ -422,6 +454,38 @@ def pending_watch(study: str, root: str | None):
                 self.warned = True
 
     return PendingWatch()
+
+
+# Studies whose tuner.fit() a Ctrl-C reached (sigint_watch), in this driver process.
+SIGINTS: set[str] = set()
+
+
+def sigint_watch(study: str):
+    """A Tune callback that notes a Ctrl-C reaching Tune's run of `study` in SIGINTS.
+
+    Tune's handler only ends its loop; its cleanup then marks the running trials TERMINATED like
+    finished ones, so after the last planned trial has started nothing else tells an interrupted study
+    from a finished one. setup() runs after Tune has installed its handler: this wraps it."""
+    from ray.tune import Callback
+
+    class SigintWatch(Callback):
+        def setup(self, **info):
+            import threading
+
+            if threading.current_thread() is not threading.main_thread():
+                return  # Tune installs no handler there either
+            tune_handler = signal.getsignal(signal.SIGINT)
+
+            def noted(sig, frame):
+                SIGINTS.add(study)
+                if callable(tune_handler):
+                    tune_handler(sig, frame)
+                elif tune_handler != signal.SIG_IGN:
+                    raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, noted)
+
+    return SigintWatch()
 
 
 def _res(d: dict) -> str:
@@ -530,7 +594,7 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
     prepare(spec, quiet)
     import ray  # here: a refused spec or dataset is said before seconds of Ray and MLflow imports
 
-    from search.tracking import ensure_experiment, error_line
+    from search.tracking import ensure_experiment, error_line, transient
     from trainables.loop import is_failure
 
     # Results lack the ranking metric between evaluations (eval_every > 1) and in the epoch a trial
@@ -543,7 +607,13 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
             rp.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SpecError(f"cannot make the sweep folder {rp}: {e.strerror or e}") from None
+    # The tracking writer retries a server that does not answer for as long as it takes, in its own
+    # thread; the client's own retries (7, about 4 minutes by default) would only hold each write that long.
+    for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                 ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+        os.environ.setdefault(k, v)
     lock = SweepLock(rp) if local else None
+    info: dict[str, Any] = {}
     try:
         if not ray.is_initialized():
             try:
@@ -557,8 +627,13 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise SpecError(f"--address {address}: cannot join the Ray cluster ({first[:200]})") from None
         spec = adapt_resources(spec, local=address in (None, "local"), quiet=quiet)
-        exp_id = ensure_experiment(uri, spec.experiment or spec.name, rp / "mlartifacts" if local else None)
-        info: dict[str, Any] = {}
+        try:
+            exp_id = ensure_experiment(uri, spec.experiment or spec.name, rp / "mlartifacts" if local else None)
+        except Exception as e:
+            if not transient(e):
+                raise
+            raise SpecError(f"MLflow at {uri} does not answer ({error_line(str(e))[:200]}); start it or pass "
+                            "another --tracking-uri") from None
         if local:
             info = {"name": spec.name, "tracking_uri": uri, "local_store": uri == default_store(rp),
                     "experiment_id": exp_id, "studies": [s.name for s in spec.studies],
@@ -580,24 +655,25 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
                       f"{st.searcher} + {st.scheduler}{why}", file=sys.stderr)
             for note in st.notes:  # what parsing changed is said even with --quiet
                 print(f"gentune sweep: study {st.name}: {note}", file=sys.stderr)
-            grid, best = run_study(spec, st, root, uri, exp_id, resume, quiet)
+            grid, best, interrupted = run_study(spec, st, root, uri, exp_id, resume, quiet)
             results[st.name] = (grid, best)
-            states = trial_states(grid)
             for r in grid:
                 if r.error is not None:
                     failed.append((st.name, result_trial_id(r), error_line(str(r.error))))
                 elif is_failure((r.metrics or {}).get("stop_reason")):
                     failed.append((st.name, result_trial_id(r), r.metrics["stop_reason"]))
-            # interrupted: a trial left unfinished, or fewer trials made than planned (no time budget ended it)
-            if any(v not in ("TERMINATED", "ERROR") for v in states.values()) or (
-                    states and len(states) < st.trials and not st.time_budget_s):
-                interrupted = True
+            if interrupted:
                 break
         if local:
             info["state"] = "interrupted" if interrupted else ("failed" if failed else "finished")
             info["ended"] = time.time()
             _write_json(rp / "sweep.json", info)
         return {"root": root, "tracking_uri": uri, "results": results, "interrupted": interrupted, "failed": failed}
+    except KeyboardInterrupt:  # a Ctrl-C outside Tune's loop (between studies, a second one while it stops)
+        if local and info:
+            info.update(state="interrupted", ended=time.time())
+            _write_json(rp / "sweep.json", info)
+        raise
     finally:
         if lock is not None:
             lock.release()

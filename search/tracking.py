@@ -1,12 +1,23 @@
 """MLflow for sweeps: one experiment per sweep, a parent run per study, one nested run per trial.
 
-All writes happen in the driver (a Tune callback), so concurrent trials never write the store at
-once, and a resumed sweep finds each trial's existing run by its tags instead of making a duplicate.
+Where a result reaches MLflow: the Tune callback (MlflowTrials) never talks to MLflow. It appends each
+write to the study's journal (<spool>/<study>.jsonl, on local disk) and returns, so Tune's event loop
+never waits on the tracking server. One writer thread per study (Writer) applies the journal in order
+and records how far it got (<study>.done); while the server does not answer it says so in one line and
+retries, and the trials go on. What is still unwritten when the driver ends stays in the journal and is
+written by the next driver on the sweep (`--resume`). Every entry can be applied twice without
+counting twice (runs are found by their tags, metrics carry an explicit step and timestamp, which the
+store keeps once, and an epoch already in a run is not logged again), so a replay is harmless.
 """
 from __future__ import annotations
 
+import json
 import math
-import tempfile
+import os
+import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,98 +68,268 @@ def numeric(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class MlflowTrials(Callback):
-    """Tune callback: a nested MLflow run per trial with params, per-epoch metrics, sample grids, status."""
+def transient(e: BaseException) -> bool:
+    """An error worth retrying: the server did not answer or failed (MLflow reports a connection error
+    as an internal error, HTTP 500). A refusal (4xx: a bad value, a deleted run) stays a refusal."""
+    from mlflow.exceptions import MlflowException
 
-    def __init__(self, uri: str, exp_id: str, parent_run_id: str, sweep: str, study: str, family: str, max_epochs: int,
-                 watch: tuple[str, ...] = ()) -> None:
-        self.uri, self.exp_id, self.parent = uri, exp_id, parent_run_id
-        self.sweep, self.study, self.family, self.max_epochs = sweep, study, family, max_epochs
-        self.watch = watch  # config keys PBT changes mid-run: logged as metrics hp.<key> each epoch
-        self.runs: dict[str, str] = {}
-        # last epoch logged per run: a trial resumed after a crash may report an epoch the store already holds
-        self.logged: dict[str, int] = {}
+    if isinstance(e, MlflowException):
+        return e.get_http_status_code() >= 500
+    return isinstance(e, (OSError, TimeoutError))
 
-    def __getstate__(self):  # the MLflow client is re-made after a restore
-        return {k: v for k, v in self.__dict__.items() if k not in ("runs", "logged")} | {"runs": {}, "logged": {}}
 
-    def run_id(self, trial) -> str:
-        rid = self.runs.get(trial.trial_id)
-        if rid is None:
-            run = find_run(self.uri, self.exp_id, sweep=self.sweep, study=self.study, trial_id=trial.trial_id)
-            if run is None:
-                tags = {
-                    "mlflow.parentRunId": self.parent, "mlflow.runName": f"{self.study}-{trial.trial_id}",
-                    "gentune.sweep": self.sweep, "gentune.study": self.study, "gentune.family": self.family,
-                    "gentune.trial_id": trial.trial_id, "gentune.kind": "trial",
-                }
-                run = client(self.uri).create_run(self.exp_id, tags=tags, run_name=f"{self.study}-{trial.trial_id}")
-                from mlflow.entities import Param
+# The writer of each study in this driver process. A Tune callback restored on --resume is the pickled
+# one from the first driver: it finds its writer here by study name instead of carrying a thread.
+_WRITERS: dict[str, "Writer"] = {}
 
-                from trainables.config import from_flat, to_flat
-                from trainables.families import config_class
 
-                full = to_flat(from_flat(config_class(self.family), dict(trial.config)))  # every key, defaults included
-                params = [Param(k, str(v)[:500]) for k, v in sorted(full.items())]
-                for i in range(0, len(params), 100):
-                    client(self.uri).log_batch(run.info.run_id, params=params[i : i + 100])
-            else:
-                client(self.uri).update_run(run.info.run_id, status="RUNNING")
-                history = client(self.uri).get_metric_history(run.info.run_id, "epoch_time_s")  # one per epoch
-                self.logged[run.info.run_id] = max((m.step for m in history), default=0)
-            rid = run.info.run_id
-            self.runs[trial.trial_id] = rid
+def writer(study: str) -> "Writer":
+    return _WRITERS[study]
+
+
+class Writer:
+    """Applies a study's journal to MLflow in a thread of its own (see the module docstring)."""
+
+    RETRY_MAX_S = 15.0
+
+    def __init__(self, uri: str, exp_id: str, spool: Path, sweep: str, study: str) -> None:
+        self.uri, self.exp_id, self.sweep, self.study = uri, exp_id, sweep, study
+        spool.mkdir(parents=True, exist_ok=True)
+        self.spool = spool
+        self.journal, self.done_path, self.files = spool / f"{study}.jsonl", spool / f"{study}.done", spool / "files" / study
+        self.lock = threading.Lock()
+        self.wake, self.stop = threading.Event(), threading.Event()
+        self.deadline = math.inf
+        self.runs: dict[str, str] = {}  # "study" or a trial id -> MLflow run id
+        self.logged: dict[str, int] = {}  # run id -> last epoch in the store (a resumed trial may report one again)
+        self.unended: set[str] = set()  # trials opened and not ended by this driver
+        self.behind_since: float | None = None
+        self.left = 0
+        self.thread = threading.Thread(target=self._loop, name=f"gentune-mlflow-{study}", daemon=True)
+        _WRITERS[study] = self
+        self.thread.start()
+
+    # -- the driver's side: a moment each
+    def append(self, entry: dict[str, Any]) -> None:
+        if entry["op"] == "open":
+            self.unended.add(entry["run"])
+        elif entry["op"] == "end":
+            self.unended.discard(entry["run"])
+        line = json.dumps(entry, default=str) + "\n"
+        with self.lock, open(self.journal, "a") as f:
+            f.write(line)
+        self.wake.set()
+
+    def end_unended(self, reason: str) -> None:
+        """Close the runs of trials this driver opened and Tune never completed (Ctrl-C, a driver error):
+        KILLED, so no run is left RUNNING; --resume sets them RUNNING again."""
+        for tid in sorted(self.unended):
+            self.append({"op": "tags", "run": tid, "tags": {"gentune.stop_reason": reason}})
+            self.append({"op": "end", "run": tid, "status": "KILLED"})
+
+    def close(self, wait_s: float) -> int:
+        """Let the thread write what is left for up to `wait_s` seconds; returns the entries still unwritten."""
+        self.deadline = time.time() + wait_s
+        self.stop.set()
+        self.wake.set()
+        self.thread.join()
+        if _WRITERS.get(self.study) is self:
+            del _WRITERS[self.study]
+        if self.left:
+            print(f"gentune sweep: study {self.study}: {self.left} write(s) for MLflow at {self.uri} are not done; they wait in "
+                  f"{self.journal} and the same command with --resume writes them", file=sys.stderr, flush=True)
+        return self.left
+
+    # -- the thread's side
+    def _loop(self) -> None:
+        try:
+            offset = int(self.done_path.read_text() or 0) if self.done_path.exists() else 0
+        except ValueError:
+            offset = 0  # replaying from the start is harmless
+        while True:
+            entries = self._read(offset)
+            self.left = len(entries)
+            if not entries:
+                if self.stop.is_set():
+                    return
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            for entry, end in entries:
+                if not self._apply_retrying(entry):
+                    return  # the driver is ending and the server still does not answer: the journal keeps the rest
+                offset = end
+                self.done_path.write_text(str(offset))
+                self.left -= 1
+
+    def _read(self, offset: int) -> list[tuple[dict, int]]:
+        if not self.journal.exists():
+            return []
+        with open(self.journal, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        out = []
+        for raw in data.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break  # a line the driver is still writing
+            offset += len(raw)
+            out.append((json.loads(raw), offset))
+        return out
+
+    def _apply_retrying(self, entry: dict) -> bool:
+        delay = 1.0
+        while True:
+            try:
+                self._apply(entry)
+            except Exception as e:
+                if not transient(e):
+                    print(f"gentune sweep: MLflow refused a write ({entry['op']} for {entry.get('run')}) and it is skipped: "
+                          f"{error_line(str(e))}", file=sys.stderr, flush=True)
+                    return True
+                if self.behind_since is None:
+                    self.behind_since = time.time()
+                    print(f"gentune sweep: MLflow at {self.uri} does not answer ({error_line(str(e))[:160]}); the trials go on "
+                          f"and their results wait in {self.journal} until it does", file=sys.stderr, flush=True)
+                if time.time() >= self.deadline:
+                    return False
+                self.stop.wait(min(delay, max(self.deadline - time.time(), 0.1)))
+                delay = min(delay * 2, self.RETRY_MAX_S)
+                continue
+            if self.behind_since is not None:
+                print(f"gentune sweep: MLflow answers again after {time.time() - self.behind_since:.0f} s; writing what waited",
+                      file=sys.stderr, flush=True)
+                self.behind_since = None
+            return True
+
+    def _client(self):
+        if not hasattr(self, "_c"):
+            self._c = client(self.uri)
+        return self._c
+
+    def _run(self, key: str) -> str | None:
+        """The MLflow run of "study" or of a trial id, found by its tags (a resumed driver finds the first's)."""
+        if key in self.runs:
+            return self.runs[key]
+        tags = {"kind": "study"} if key == "study" else {"trial_id": key}
+        run = find_run(self.uri, self.exp_id, sweep=self.sweep, study=self.study, **tags)
+        if run is None:
+            return None
+        rid = self.runs[key] = run.info.run_id
+        if key != "study":
+            history = self._client().get_metric_history(rid, "epoch_time_s")  # one per epoch
+            self.logged[rid] = max((m.step for m in history), default=0)
         return rid
 
+    def _apply(self, e: dict) -> None:
+        from mlflow.entities import Metric, Param
+
+        c, op, key = self._client(), e["op"], e["run"]
+        if op in ("study", "open"):
+            rid = self._run(key)
+            if rid is None:
+                tags = dict(e["tags"])
+                if op == "open":
+                    tags["mlflow.parentRunId"] = self._run("study") or ""
+                rid = self.runs[key] = c.create_run(self.exp_id, run_name=e["name"], tags=tags).info.run_id
+                self.logged[rid] = 0
+            else:
+                c.update_run(rid, status="RUNNING")
+            if e.get("spec"):
+                c.log_text(rid, e["spec"], "spec.json")
+            params = [Param(k, str(v)[:500]) for k, v in sorted((e.get("params") or {}).items())]
+            for i in range(0, len(params), 100):  # the same value again is accepted, so a replay is harmless
+                c.log_batch(rid, params=params[i : i + 100])
+            return
+        rid = self._run(key)
+        if rid is None:
+            raise LookupError(f"no MLflow run for {key} of study {self.study}")
+        if op == "metrics":
+            step = int(e["step"])
+            if key != "study" and step <= self.logged.get(rid, 0):
+                return
+            c.log_batch(rid, metrics=[Metric(k, v, int(e["ts"]), step) for k, v in e["values"].items()])
+            if key != "study":
+                self.logged[rid] = step
+        elif op == "tags":
+            for k, v in e["tags"].items():
+                c.set_tag(rid, k, v)
+        elif op == "text":
+            c.log_text(rid, e["text"], e["name"])
+        elif op == "lineage":
+            old = c.get_run(rid).data.tags.get("gentune.pbt_lineage", "")
+            entries = [x for x in old.split("; ") if x]
+            if e["entry"] not in entries:  # a replay does not add it twice
+                entries.append(e["entry"])
+            c.set_tag(rid, "gentune.pbt_lineage", "; ".join(entries)[:5000])
+            c.set_tag(rid, "gentune.pbt_exploits", str(len(entries)))
+            # the epochs after the donor's checkpoint are this trial's new history: log them again
+            self.logged[rid] = min(self.logged.get(rid, 0), int(e["epoch"]))
+        elif op == "artifact":
+            f = self.spool / e["file"]  # relative: a sweep folder copied elsewhere still finds it
+            if f.exists():  # gone: written (and removed) before a replay
+                c.log_artifact(rid, str(f), artifact_path=e["dir"])
+                f.unlink()
+        elif op == "end":
+            c.set_terminated(rid, status=e["status"])
+        else:
+            raise ValueError(f"unknown journal entry {op!r}")
+
+
+class MlflowTrials(Callback):
+    """Tune callback: a nested MLflow run per trial with params, per-epoch metrics, sample grids, status.
+
+    Each event becomes journal entries for the study's Writer; nothing here waits on MLflow."""
+
+    def __init__(self, study: str, family: str, max_epochs: int, watch: tuple[str, ...] = ()) -> None:
+        self.study, self.family, self.max_epochs = study, family, max_epochs
+        self.watch = watch  # config keys PBT changes mid-run: logged as metrics hp.<key> each epoch
+
+    def _w(self) -> Writer:
+        return writer(self.study)
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_id(trial)
+        from trainables.config import from_flat, to_flat
+        from trainables.families import config_class
+
+        w = self._w()
+        full = to_flat(from_flat(config_class(self.family), dict(trial.config)))  # every key, defaults included
+        w.append({"op": "open", "run": trial.trial_id, "name": f"{self.study}-{trial.trial_id}", "params": full, "tags": {
+            "mlflow.runName": f"{self.study}-{trial.trial_id}", "gentune.sweep": w.sweep, "gentune.study": self.study,
+            "gentune.family": self.family, "gentune.trial_id": trial.trial_id, "gentune.kind": "trial"}})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
-
-        rid, step = self.run_id(trial), int(result.get("epoch", result.get("training_iteration", 0)))
-        ts = int(result.get("timestamp", 0) * 1000)
+        w, tid = self._w(), trial.trial_id
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
         if result.get("exploited_from"):
-            self.exploited(rid, result)
+            config = result.get("config") or {}
+            now = ", ".join(f"{k}={config[k]:.4g}" for k in self.watch if isinstance(config.get(k), (int, float)))
+            epoch, donor = int(result["exploited_epoch"]), result["exploited_from"]
+            w.append({"op": "lineage", "run": tid, "epoch": epoch,
+                      "entry": f"epoch {epoch}: from trial {donor}" + (f" ({now})" if now else "")})
         config = result.get("config") or {}
         hp = {f"hp.{k}": config[k] for k in self.watch if isinstance(config.get(k), (int, float))}
-        metrics = [Metric(k, v, ts, step) for k, v in numeric({**result, **hp}).items() if k != "exploited_epoch"]
-        # An epoch already logged comes again when a driver crash left Tune's state one result behind the
-        # store: the trial redoes it from the checkpoint before (same seed and RNG state); keep one record.
-        if metrics and step > self.logged.get(rid, 0):
-            client(self.uri).log_batch(rid, metrics=metrics)
-            self.logged[rid] = step
+        values = {k: v for k, v in numeric({**result, **hp}).items() if k != "exploited_epoch"}
+        # the result's own timestamp: the entry applied twice is the same metric, which the store keeps once
+        if values:
+            w.append({"op": "metrics", "run": tid, "step": step, "ts": int(result.get("timestamp", 0) * 1000), "values": values})
         if result.get("stop_reason"):
-            client(self.uri).set_tag(rid, "gentune.stop_reason", result["stop_reason"])
-
-    def exploited(self, rid: str, result: dict) -> None:
-        """PBT restored this trial from another's checkpoint: extend its lineage tag, and let the epochs
-        after the donor's checkpoint be logged again (they are this trial's new history)."""
-        c = client(self.uri)
-        epoch, donor = int(result["exploited_epoch"]), result["exploited_from"]
-        config = result.get("config") or {}
-        now = ", ".join(f"{k}={config[k]:.4g}" for k in self.watch if isinstance(config.get(k), (int, float)))
-        old = c.get_run(rid).data.tags.get("gentune.pbt_lineage", "")
-        entries = [e for e in old.split("; ") if e] + [f"epoch {epoch}: from trial {donor}" + (f" ({now})" if now else "")]
-        c.set_tag(rid, "gentune.pbt_lineage", "; ".join(entries)[:5000])
-        c.set_tag(rid, "gentune.pbt_exploits", str(len(entries)))
-        self.logged[rid] = min(self.logged.get(rid, 0), epoch)
+            w.append({"op": "tags", "run": tid, "tags": {"gentune.stop_reason": result["stop_reason"]}})
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        # the grid is copied out now: Tune deletes the checkpoint (num_to_keep) before the writer may get to it
+        w = self._w()
         epoch = int((trial.last_result or {}).get("epoch", 0))
         with checkpoint.as_directory() as d:
             grid = Path(d) / "samples.png"
             if grid.exists():
-                with tempfile.TemporaryDirectory() as tmp:
-                    named = Path(tmp) / f"epoch_{epoch:04d}.png"
-                    named.write_bytes(grid.read_bytes())
-                    client(self.uri).log_artifact(self.run_id(trial), str(named), artifact_path="samples")
+                named = w.files / trial.trial_id / f"epoch_{epoch:04d}.png"
+                named.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(grid, named)
+                w.append({"op": "artifact", "run": trial.trial_id, "file": str(named.relative_to(w.spool)), "dir": "samples"})
 
     def _finish(self, trial, status: str, reason: str) -> None:
-        rid = self.run_id(trial)
-        c = client(self.uri)
-        c.set_tag(rid, "gentune.stop_reason", reason)
-        c.set_terminated(rid, status=status)
+        self._w().append({"op": "tags", "run": trial.trial_id, "tags": {"gentune.stop_reason": reason}})
+        self._w().append({"op": "end", "run": trial.trial_id, "status": status})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -166,3 +347,7 @@ class MlflowTrials(Callback):
         except OSError:
             text = ""
         self._finish(trial, "FAILED", f"error: {error_line(text) if text.strip() else 'the trial raised'}")
+
+    def on_experiment_end(self, trials, **info):
+        # Tune's own stop (Ctrl-C, an error in the loop) marks running trials TERMINATED without completing them
+        self._w().end_unended("interrupted: the driver stopped before the trial ended")

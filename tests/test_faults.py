@@ -111,30 +111,44 @@ class _Trial:
 
 def test_mlflow_callback_logs_each_epoch_once_across_a_driver_restart(tmp_path):
     """A resumed driver finds the trial's run by its tags and does not log an epoch the store already holds
-    (Tune may hand the same epoch again when its state was one result behind at the crash)."""
+    (Tune may hand the same epoch again when its state was one result behind at the crash), and a run the
+    first driver left open is KILLED, not RUNNING, until the second reopens it."""
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import MlflowTrials, ensure_experiment
+    from search.tracking import MlflowTrials, Writer, ensure_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = ensure_experiment(uri, "s", tmp_path / "art")
-    parent = MlflowClient(uri).create_run(exp).info.run_id
     trial = _Trial("t1", {"mode": "dann", "epochs": 3})
-    result = lambda e: {"epoch": e, "epoch_time_s": 1.0 + e, "target_acc": 0.1 * e, "timestamp": 1}
+    result = lambda e: {"epoch": e, "epoch_time_s": 1.0 + e, "target_acc": 0.1 * e, "timestamp": e}
 
-    first = MlflowTrials(uri, exp, parent, "s", "st", "dann", 3)
+    def driver():
+        w = Writer(uri, exp, tmp_path / "spool", "s", "st")
+        w.append({"op": "study", "run": "study", "name": "st", "tags": {"gentune.sweep": "s", "gentune.study": "st",
+                                                                        "gentune.kind": "study"}})
+        return w
+
+    w = driver()
+    first = MlflowTrials("st", "dann", 3)
     first.on_trial_start(0, [], trial)
     for e in (1, 2):
         first.on_trial_result(0, [], trial, result(e))
-    first.on_trial_result(0, [], trial, result(2))  # the same epoch again within one driver
-    second = restored(first)  # a new driver process
+    first.on_trial_result(0, [], trial, {**result(2), "timestamp": 9})  # the same epoch again within one driver
+    first.on_experiment_end([trial])  # Ctrl-C: Tune stopped the trial without completing it
+    assert w.close(30) == 0
+    c = MlflowClient(uri)
+    (run,) = c.search_runs([exp], "tags.`gentune.trial_id` = 't1'")
+    assert run.info.status == "KILLED" and run.data.tags["gentune.stop_reason"].startswith("interrupted")
+
+    w = driver()  # a new driver process
+    second = restored(first)
     second.on_trial_start(0, [], trial)
     for e in (2, 3):  # resumed from the epoch-1 checkpoint: epoch 2 comes again
-        second.on_trial_result(0, [], trial, result(e))
+        second.on_trial_result(0, [], trial, {**result(e), "timestamp": 10 + e})
     trial.last_result = result(3)
     second.on_trial_complete(0, [], trial)
+    assert w.close(30) == 0
 
-    c = MlflowClient(uri)
     runs = c.search_runs([exp], "tags.`gentune.trial_id` = 't1'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert sorted(m.step for m in c.get_metric_history(runs[0].info.run_id, "target_acc")) == [1, 2, 3]
