@@ -133,6 +133,7 @@ class Writer:
         self.stop.set()
         self.wake.set()
         self.thread.join()
+        self.left = len(self._read(self._done()))
         if _WRITERS.get(self.study) is self:
             del _WRITERS[self.study]
         if self.left:
@@ -141,14 +142,17 @@ class Writer:
         return self.left
 
     # -- the thread's side
-    def _loop(self) -> None:
+    def _done(self) -> int:
+        """How far into the journal MLflow has everything."""
         try:
-            offset = int(self.done_path.read_text() or 0) if self.done_path.exists() else 0
+            return int(self.done_path.read_text() or 0) if self.done_path.exists() else 0
         except ValueError:
-            offset = 0  # replaying from the start is harmless
+            return 0  # replaying from the start is harmless
+
+    def _loop(self) -> None:
+        offset = self._done()
         while True:
             entries = self._read(offset)
-            self.left = len(entries)
             if not entries:
                 if self.stop.is_set():
                     return
@@ -160,7 +164,6 @@ class Writer:
                     return  # the driver is ending and the server still does not answer: the journal keeps the rest
                 offset = end
                 self.done_path.write_text(str(offset))
-                self.left -= 1
 
     def _read(self, offset: int) -> list[tuple[dict, int]]:
         if not self.journal.exists():
