@@ -470,6 +470,7 @@ def sigint_watch(study: str):
 
     class SigintWatch(Callback):
         def setup(self, **info):
+            import importlib
             import threading
 
             if threading.current_thread() is not threading.main_thread():
@@ -477,7 +478,9 @@ def sigint_watch(study: str):
             tune_handler = signal.getsignal(signal.SIGINT)
 
             def noted(sig, frame):
-                SIGINTS.add(study)
+                # by module, not by this closure's global: Tune pickles its callbacks by value with the
+                # experiment, and the copy restored on --resume would note into a copy of the set
+                importlib.import_module("search.sweep").SIGINTS.add(study)
                 if callable(tune_handler):
                     tune_handler(sig, frame)
                 elif tune_handler != signal.SIG_IGN:

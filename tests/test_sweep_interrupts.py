@@ -60,36 +60,44 @@ def trial_runs(uri: str, experiment: str) -> tuple:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ctrl_c_after_every_trial_started_is_interrupted_and_the_printed_command_resumes(tmp_path, cache_dir):
+    """Twice: in the first driver, and in the resumed one (whose Tune callbacks are the pickled copies)."""
+    epochs = 16
     spec = tmp_path / "toy.yaml"
-    spec.write_text(TOY.format(epochs=12))
+    spec.write_text(TOY.format(epochs=epochs))
     store = tmp_path / "elsewhere" / "mlflow.db"
     store.parent.mkdir()
     typed = [str(spec), "--storage", str(tmp_path / "runs"), "--name", "cc", "--set", "batch_size=32",
              "--tracking-uri", f"sqlite:///{store}", "--quiet"]
     root = tmp_path / "runs" / "cc"
-    p = sweep(*typed)
-    # every planned trial has started and none has ended: Tune's cleanup will mark both TERMINATED
-    wait_until(p, lambda: len(ep := result_epochs(root)) == 2 and all(1 <= len(v) < 12 for v in ep.values()))
-    out = interrupt(p)
-    assert p.returncode == 130, out[-3000:]
-    assert json.loads((root / "sweep.json").read_text())["state"] == "interrupted"
-    line = next(x for x in out.splitlines() if "interrupted; resume with: " in x).split("resume with: ", 1)[1]
-    words = shlex.split(line)
-    assert words == ["gentune", "sweep", *typed, "--resume"], line  # every option as typed, plus --resume
-    _, runs = trial_runs(f"sqlite:///{store}", "cc")
-    assert {r.info.status for r in runs} == {"KILLED"}, [(r.data.tags.get("gentune.kind"), r.info.status) for r in runs]
+    args, reached = typed, {}
+    for _ in range(2):
+        p = sweep(*args)
+        # every planned trial has started (past where it was) and none has ended: Tune's cleanup will
+        # mark both TERMINATED as if they had finished
+        wait_until(p, lambda: len(ep := result_epochs(root)) == 2 and all(
+            reached.get(t, 0) < max(v) < epochs for t, v in ep.items()))
+        reached = {t: max(v) for t, v in result_epochs(root).items()}
+        out = interrupt(p)
+        assert p.returncode == 130, out[-3000:]
+        assert json.loads((root / "sweep.json").read_text())["state"] == "interrupted"
+        line = next(x for x in out.splitlines() if "interrupted; resume with: " in x).split("resume with: ", 1)[1]
+        words = shlex.split(line)
+        assert words == ["gentune", "sweep", *typed, "--resume"], line  # every option as typed, plus --resume
+        _, runs = trial_runs(f"sqlite:///{store}", "cc")
+        assert {r.info.status for r in runs} == {"KILLED"}, [(r.data.tags.get("gentune.kind"), r.info.status) for r in runs]
+        args = words[2:]
 
-    r = subprocess.run([sys.executable, "-m", "search.cli", *words[1:]], cwd=REPO, env=env(), capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "search.cli", "sweep", *args], cwd=REPO, env=env(), capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((root / "sweep.json").read_text())["state"] == "finished"
     after = result_epochs(root)
-    assert len(after) == 2 and all(sorted(set(v)) == list(range(1, 13)) for v in after.values()), after
+    assert len(after) == 2 and all(sorted(set(v)) == list(range(1, epochs + 1)) for v in after.values()), after
     c, runs = trial_runs(f"sqlite:///{store}", "cc")
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 3  # the study's run and one per trial
     for run in runs:
         if run.data.tags["gentune.kind"] == "trial":
-            assert [m.step for m in c.get_metric_history(run.info.run_id, "epoch_time_s")] == list(range(1, 13))
+            assert [m.step for m in c.get_metric_history(run.info.run_id, "epoch_time_s")] == list(range(1, epochs + 1))
 
 
 @pytest.mark.slow
