@@ -59,7 +59,7 @@ def gan(rep: Report) -> list[Section]:
     if not chosen:
         s.note("No GAN trial finished with its metric, so there is nothing to show.")
         return [s]
-    panels, rows, shown = [], [], set()
+    panels, rows, shown, demo = [], [], set(), False
     for t in chosen:
         loaded = rep.models_or_note(t, s)
         if loaded is None:
@@ -68,7 +68,10 @@ def gan(rep: Report) -> list[Section]:
         rep.log(f"GAN model {cfg.model}: 32 images of {rep.trial_label(t)}")
         x, _, _ = generate_images("gan", cfg, mods, n=32, seed=rep.seed, device=rep.device)
         fr, fid = t.value("face_rate"), t.value("fid")
-        cap = f"model {cfg.model}, trial {t.trial_id}: face rate {pct(fr)}" + (f", FID {fid:.2f}" if fid is not None else "")
+        # the demo's 100 faces are all training faces: its FID reference is the training set, not held-out faces
+        demo = demo or (fid is not None and cfg.data.source == "demo")
+        fid_name = "FID vs training faces" if cfg.data.source == "demo" else "FID"
+        cap = f"model {cfg.model}, trial {t.trial_id}: face rate {pct(fr)}" + (f", {fid_name} {fid:.2f}" if fid is not None else "")
         panels.append((cap, image_grid(x, 8)))
         shown.add(cfg.model)
         s.studies.add(t.study)
@@ -91,6 +94,9 @@ def gan(rep: Report) -> list[Section]:
             if f"model {m}" not in models:
                 s.note(f"The sweep has no finished trial of model {m}; only "
                        f"{' and '.join(sorted(models))} is shown.")
+    if demo:
+        s.note("FID on demo data is computed against the demo's 100 training faces (the demo has no held-out "
+               "faces): it says how close the samples are to the images trained on, not a validation FID.")
     if not any(t.value("fid") is not None for t in chosen):
         s.note("FID is absent: the trials ran without Inception weights (fid: auto found none, or fid: off).")
     return [s]

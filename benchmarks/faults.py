@@ -239,7 +239,9 @@ concurrency: {concurrency}
 
 
 def divergence_spec(path: Path, name: str, epochs: int = 3) -> Path:
-    """Three one-trial studies that must each stop at epoch 1: DANN NaN, GAN NaN, GAN mode collapse."""
+    """Four one-trial studies: DANN NaN, GAN NaN and GAN mode collapse must each stop at epoch 1; a GAN whose
+    discriminator wins (model A at width 8 with D's rate 10x G's: D(G(z)) 0.1 after 15 steps, 0.02 after 30)
+    must stop early by the "discriminator won" rule."""
     gan = "steps_per_epoch: 3, batch_size: 16, n_eval: 32, fid: 'off', eval_every: 1"
     path.write_text(f"""\
 name: {name}
@@ -261,6 +263,11 @@ studies:
     family: gan
     config: {{epochs: {epochs}, {gan}, collapse_diversity: 10.0, rules_after: 0, patience: 1}}
     budget: {{trials: 1, grace_period: {epochs}}}
+  - name: gan-d-won
+    family: gan
+    config: {{epochs: 8, model: A, width: 8, steps_per_epoch: 15, batch_size: 16, n_eval: 16, fid: 'off', eval_every: 1,
+              lr_d: 1.0e-3, lr_g: 1.0e-4}}
+    budget: {{trials: 1, scheduler: fifo}}
 """)
     return path
 
@@ -506,9 +513,10 @@ def compare_output(root: Path) -> str | None:
 
 
 def divergence(workdir: Path, epochs: int = 3, timeout_s: float = 420) -> Outcome:
-    """NaN/inf losses and mode collapse stop their trials at epoch 1, recorded in MLflow as FAILED with the reason."""
+    """NaN/inf losses and mode collapse stop their trials at epoch 1, a discriminator that won stops its trial
+    before its last epoch; each recorded in MLflow as FAILED with the reason."""
     t0 = time.monotonic()
-    o = Outcome("divergence", planned=3)
+    o = Outcome("divergence", planned=4)
     name = "divergence"
     spec = divergence_spec(workdir / "spec.yaml", name, epochs)
     storage = workdir / "sweeps"
@@ -525,14 +533,15 @@ def divergence(workdir: Path, epochs: int = 3, timeout_s: float = 420) -> Outcom
     shutil.rmtree(tmp, ignore_errors=True)
     # every trial failed on purpose: the sweep completes, says so and exits 1 (failed trials are a failure)
     log = (workdir / "driver.log").read_text(errors="replace") if (workdir / "driver.log").exists() else ""
-    o.check(p.returncode == 1 and "3 trial(s) failed" in log,
-            f"sweep exited {p.returncode}, expected 1 naming 3 failed trials: {tail(workdir / 'driver.log')}")
+    o.check(p.returncode == 1 and "4 trial(s) failed" in log,
+            f"sweep exited {p.returncode}, expected 1 naming 4 failed trials: {tail(workdir / 'driver.log')}")
     root = storage / name
     if not (root / "sweep.json").exists():
         o.check(False, "no sweep folder")
         return o
     uri = json.loads((root / "sweep.json").read_text())["tracking_uri"]
-    expect = {"dann-nan": "diverged: loss", "gan-nan": "diverged:", "gan-collapse": "mode collapse"}
+    expect = {"dann-nan": "diverged: loss", "gan-nan": "diverged:", "gan-collapse": "mode collapse",
+              "gan-d-won": "diverged: discriminator won"}
     runs = mlflow_trials(uri, name)
     o.details["stop_reasons"] = {}
     for study, want in expect.items():
@@ -546,14 +555,18 @@ def divergence(workdir: Path, epochs: int = 3, timeout_s: float = 420) -> Outcom
         ok = o.check(reason.startswith(want), f"study {study}: stop reason {reason!r}, expected {want!r}...")
         ok &= o.check(r.info.status == "FAILED", f"study {study}: MLflow status {r.info.status}, expected FAILED")
         got = steps(uri, r.info.run_id)
-        ok &= o.check(got == [1], f"study {study}: epochs logged {got}; the trial must stop within epoch 1")
+        if study == "gan-d-won":  # the rule needs `patience` (2) evaluations in a row: epoch 2 at the earliest
+            ok &= o.check(2 <= len(got) < 8 and got == list(range(1, len(got) + 1)),
+                          f"study {study}: epochs logged {got}; the trial must stop before its 8th epoch")
+        else:
+            ok &= o.check(got == [1], f"study {study}: epochs logged {got}; the trial must stop within epoch 1")
         o.finished += ok
         lines = trial_results(root / study)
         o.restarted += sum(bool(restarts(ls)) for ls in lines.values())
     cmp = compare_output(root)
     o.details["compare"] = "absent" if cmp is None else cmp
     if cmp is not None:
-        for want in ("diverged", "mode collapse"):
+        for want in ("diverged", "mode collapse", "discriminator won"):
             o.check(want in cmp, f"`gentune compare` does not show {want!r}:\n{cmp[-2000:]}")
     o.seconds = time.monotonic() - t0
     return o

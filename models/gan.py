@@ -112,6 +112,10 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).view(-1)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """D's score before the Sigmoid, (N,): what regularisers such as R1 act on."""
+        return self.main[:-1](x).view(-1)
+
 
 class GeneratorB(nn.Module):
     """Model B generator: Upsample(4) then four [Conv same, BN, ReLU, Dropout, PixelShuffle(2)] blocks."""

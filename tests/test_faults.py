@@ -52,15 +52,17 @@ def test_driver_loss_resume_reruns_nothing_finished(tmp_path, cache_dir):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_divergence_and_collapse_are_stopped_and_recorded(tmp_path, cache_dir):
-    """DANN NaN, GAN NaN and GAN mode collapse: each trial stops in epoch 1, FAILED with its reason in
-    MLflow and in `gentune compare`; the sweep completes and exits 1 naming the failed trials."""
+    """DANN NaN, GAN NaN and GAN mode collapse: each trial stops in epoch 1; a GAN whose discriminator won
+    stops before its last epoch; each FAILED with its reason in MLflow and in `gentune compare`; the sweep
+    completes and exits 1 naming the failed trials."""
     o = faults.isolated("divergence", tmp_path / "divergence", timeout_s=480)
     assert not o.problems, explain(o)
     reasons = o.details["stop_reasons"]
     assert reasons["dann-nan"].startswith("diverged: loss")
     assert reasons["gan-nan"].startswith("diverged:")
     assert reasons["gan-collapse"] == "mode collapse"
-    assert o.faults == o.finished == 3 and o.restarted == 0
+    assert reasons["gan-d-won"].startswith("diverged: discriminator won")
+    assert o.faults == o.finished == 4 and o.restarted == 0
     assert o.details["compare"] != "absent", "`gentune compare` should exist"
 
 

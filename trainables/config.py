@@ -13,6 +13,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from trainables.errors import SpecError
 
 Auto = Literal["auto", "on", "off"]
+AUGMENT_OPS = ("color", "translation", "cutout")  # models.augment's ops, in the order they are applied
 DataSource = Literal["demo", "report", "mnist", "mnistm", "svhn", "usps", "celeba", "folder"]
 
 
@@ -64,12 +65,20 @@ class GANConfig(TrainConfig):
     fid: Auto = "auto"  # auto: compute FID when Inception weights are found
     fid_weights: str = ""
     fid_dims: int = 2048
-    # stop rules: discriminator wins outright / samples collapse, for `patience` evaluations in a row
-    d_win_loss: float = 1e-3
-    g_explode_loss: float = 15.0
+    # small-data regularisers (all off by default: the report's models train as the report trained them)
+    augment: Literal["none", "diffaugment"] = "none"  # DiffAugment on every batch D sees, real and fake, D and G step
+    augment_policy: str = "color,translation,cutout"  # any of color, translation, cutout (comma-separated)
+    r1_gamma: float = 0.0  # R1 penalty gamma/2 * |grad_x D(x_real)|^2 on D's logits; 0 = off
+    r1_every: int = 16  # lazy R1: every r1_every D steps, scaled by r1_every (StyleGAN2)
+    instance_noise: float = 0.0  # sigma of N(0, sigma^2) added to D's inputs at step 0, linearly to 0 at the last step
+    # stop rules, each for `patience` evaluations in a row. "discriminator won": D tells fakes apart
+    # (mean D(G(z)) over the epoch below d_won_fake) with a low D loss (below d_won_loss), from the first
+    # evaluation on; calibrated on quickstart runs (README, benchmarks/RESULTS.md)
+    d_won_fake: float = 0.1
+    d_won_loss: float = 0.3
     collapse_diversity: float = 0.05  # sample diversity relative to real images' diversity
-    patience: int = 3
-    rules_after: int = 10  # epochs before the stop rules apply (an untrained G is all alike)
+    patience: int = 2
+    rules_after: int = 10  # epochs before the collapse rule applies (an untrained G is all alike)
     data: DataConfig = field(default_factory=DataConfig)
 
 
@@ -225,6 +234,17 @@ def check_schedule(cfg: DDPMConfig) -> None:
                         "or a larger T or beta_end")
 
 
+def augment_policy(cfg: GANConfig) -> tuple[str, ...]:
+    """cfg.augment_policy as a tuple of op names ("color,cutout" -> ("color", "cutout")); () with augment none.
+    Refuses a name that is not an op, a repeated one, or an empty policy with augment on."""
+    names = tuple(p.strip() for p in cfg.augment_policy.split(","))
+    bad = [p for p in names if p not in AUGMENT_OPS]
+    if bad or len(set(names)) != len(names):
+        raise SpecError(f"augment_policy: {cfg.augment_policy!r} is invalid; expected a comma-separated subset of "
+                        f"{', '.join(AUGMENT_OPS)} (each once)")
+    return names if cfg.augment == "diffaugment" else ()
+
+
 def validate(cfg: Any) -> None:
     """Range checks that types cannot express."""
 
@@ -249,6 +269,10 @@ def validate(cfg: Any) -> None:
         need(cfg.n_eval >= 2, "n_eval", "an integer >= 2")
         need(cfg.fid_dims in (64, 192, 768, 2048), "fid_dims", "one of 64, 192, 768, 2048")
         need(cfg.patience >= 1, "patience", "an integer >= 1")
+        need(cfg.r1_gamma >= 0, "r1_gamma", "a penalty weight >= 0 (0 = off)")
+        need(cfg.r1_every >= 1, "r1_every", "an integer >= 1")
+        need(cfg.instance_noise >= 0, "instance_noise", "a noise sigma >= 0 (0 = off)")
+        augment_policy(cfg)
     elif isinstance(cfg, DDPMConfig):
         need(cfg.lr > 0, "lr", "a learning rate > 0")
         need(cfg.T >= 10, "T", "an integer >= 10")

@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.augment import diff_augment
 from models.gan import NZ, build_gan
 from trainables.common import Base, to_uint8
-from trainables.config import GANConfig
+from trainables.config import GANConfig, augment_policy
 from trainables.data import batches
 from trainables.device import autocast
 from trainables.loop import check_finite
@@ -33,6 +34,19 @@ def bce(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p, t = p.float(), target.float()
     tiny = torch.finfo(torch.float32).tiny
     return -(t * torch.log(p.clamp_min(tiny)) + (1 - t) * torch.log((1 - p).clamp_min(tiny))).mean()
+
+
+def r1_penalty(logits_fn, real: torch.Tensor) -> torch.Tensor:
+    """Mescheder et al.'s R1: mean over the batch of |grad_x D(x)|^2 at real x, on D's logits, kept in the
+    graph (create_graph) so that D's step descends it. Computed in float32 outside autocast."""
+    x = real.detach().float().requires_grad_(True)
+    (grad,) = torch.autograd.grad(logits_fn(x).float().sum(), x, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+def noise_sigma(sigma0: float, step: int, total: int) -> float:
+    """Instance noise annealed linearly from sigma0 at step 0 to 0 at the last step."""
+    return sigma0 * max(0.0, 1.0 - step / max(1, total - 1))
 
 
 def diversity(x: torch.Tensor, n: int = 128) -> torch.Tensor:
@@ -88,27 +102,44 @@ class GANTrainer(Base):
             self.opt_d = self.adam(self.D.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
         g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
         self.fixed_noise = torch.randn(cfg.n_eval, NZ, 1, 1, generator=g).to(self.device)  # same noise every evaluation
+        self.policy = augment_policy(cfg)
+        n = len(self.train_set)
+        self.steps_per_epoch = cfg.steps_per_epoch or max(1, n // min(cfg.batch_size, n))  # as data.batches counts them
         self.strikes = {"d_wins": 0, "collapse": 0}
         self.real_div: float | None = None
         self._last_eval: torch.Tensor | None = None
         self.val_set = None
 
-    def step(self, real: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def seen_by_d(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """What D is shown of a batch, real or fake: DiffAugment'ed, plus instance noise of sigma (both
+        differentiable; with augment none and sigma 0, x itself and no random numbers drawn)."""
+        x = diff_augment(x, self.policy)
+        if sigma > 0:
+            x = x + sigma * torch.randn_like(x)
+        return self.prep(x)
+
+    def step(self, real: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, ...]:
+        """One D step and one G step; `step` counts from 0 over the whole trial (instance noise, lazy R1)."""
         cfg, n = self.cfg, real.shape[0]
+        sigma = noise_sigma(cfg.instance_noise, step, cfg.epochs * self.steps_per_epoch)
         real_t = soft_targets(n, cfg.real_label_lo, cfg.real_label_hi, self.device)
         fake_t = soft_targets(n, cfg.fake_label_lo, cfg.fake_label_hi, self.device)
         real_t, fake_t = flip(real_t, fake_t, cfg.label_flip)
         z = torch.randn(n, NZ, 1, 1, device=self.device)
+        real_in = self.seen_by_d(real, sigma)
         with autocast(cfg, self.device):
             fake = self.G(self.prep(z))
-            p_real = self.D(real)
-            p_fake = self.D(fake.detach())
-        loss_d = bce(p_real, real_t) + bce(p_fake, fake_t)
+            p_real = self.D(real_in)
+            p_fake = self.D(self.seen_by_d(fake.detach(), sigma))
+        loss_d = bce(p_real, real_t) + bce(p_fake, fake_t)  # what is reported: the penalty is not part of it
+        total_d = loss_d
+        if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:  # lazy: a bigger penalty, less often (StyleGAN2)
+            total_d = loss_d + cfg.r1_gamma / 2 * r1_penalty(self.D.logits, real_in) * cfg.r1_every
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        total_d.backward()
         self.opt_d.step()
         with autocast(cfg, self.device):
-            p_gen = self.D(fake)
+            p_gen = self.D(self.seen_by_d(fake, sigma))
         loss_g = bce(p_gen, torch.ones_like(p_gen, dtype=torch.float32))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -121,7 +152,7 @@ class GANTrainer(Base):
         sums = torch.zeros(4, device=self.device)
         steps = 0
         for i, idx in enumerate(batches(len(self.train_set), self.cfg.batch_size, self.cfg.steps_per_epoch, self.device)):
-            loss_d, loss_g, d_real, d_fake = self.step(self.prep(self.train_set.batch(idx)))
+            loss_d, loss_g, d_real, d_fake = self.step(self.train_set.batch(idx), (epoch - 1) * self.steps_per_epoch + i)
             sums += torch.stack([loss_d, loss_g, d_real, d_fake])
             steps += 1
             if i % 10 == 0:  # NaN stops the trial within the epoch; checked every 10 steps to spare syncs
@@ -138,7 +169,8 @@ class GANTrainer(Base):
         return out
 
     def fid_metric(self, fake_u8: torch.Tensor) -> dict[str, float]:
-        """FID against the validation split, as the report's grader computed it (loaded only with FID on)."""
+        """FID against the validation split, as the report's grader computed it (loaded only with FID on). The demo
+        faces have one split, so on demo data this is FID against the training faces (the report says so)."""
         from trainables.fid import fid_for
 
         if self.fid_weights is None:
@@ -166,16 +198,19 @@ class GANTrainer(Base):
         return m
 
     def stop_reason(self, m: dict[str, float]) -> str | None:
+        """At each evaluation: "discriminator won" from the first one on (the failure seen on 100 faces: D
+        tells every fake apart within a few hundred steps and G's samples stay noise), mode collapse after
+        rules_after epochs (an untrained G's samples are all alike). Each must hold `patience` times in a row."""
         cfg = self.cfg
-        if m["epoch"] <= cfg.rules_after:
-            return None
-        won = m.get("loss_d", 1.0) < cfg.d_win_loss and m.get("loss_g", 0.0) > cfg.g_explode_loss
+        won = m.get("d_fake", 1.0) < cfg.d_won_fake and m.get("loss_d", 1.0) < cfg.d_won_loss
         self.strikes["d_wins"] = self.strikes["d_wins"] + 1 if won else 0
-        self.strikes["collapse"] = self.strikes["collapse"] + 1 if m["diversity"] < cfg.collapse_diversity else 0
         if self.strikes["d_wins"] >= cfg.patience:
-            return "diverged: discriminator wins (D loss ~ 0, G loss exploding)"
-        if self.strikes["collapse"] >= cfg.patience:
-            return "mode collapse"
+            return (f"diverged: discriminator won (D(G(z)) {m['d_fake']:.3f} < {cfg.d_won_fake:g}, "
+                    f"D loss {m['loss_d']:.3f} < {cfg.d_won_loss:g} at {cfg.patience} evaluations in a row)")
+        if m["epoch"] > cfg.rules_after:
+            self.strikes["collapse"] = self.strikes["collapse"] + 1 if m["diversity"] < cfg.collapse_diversity else 0
+            if self.strikes["collapse"] >= cfg.patience:
+                return "mode collapse"
         return None
 
     def sample_grid(self) -> torch.Tensor | None:
