@@ -163,7 +163,9 @@ class Writer:
                 if not self._apply_retrying(entry):
                     return  # the driver is ending and the server still does not answer: the journal keeps the rest
                 offset = end
-                self.done_path.write_text(str(offset))
+                tmp = self.done_path.with_suffix(".done.tmp")
+                tmp.write_text(str(offset))
+                os.replace(tmp, self.done_path)  # never half a number: that would point into the middle of a line
 
     def _read(self, offset: int) -> list[tuple[dict, int]]:
         if not self.journal.exists():
