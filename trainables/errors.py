@@ -16,3 +16,8 @@ class DataError(GentuneError):
 
 class CheckpointError(GentuneError):
     """A checkpoint or exported bundle cannot be read or does not match."""
+
+
+class FileContentError(GentuneError):
+    """A file gentune reads (a sweep folder's files, a checkpoint, a bundle, a label file) does not hold what it
+    must: the message names the file, the place in it (key, row, line) and what was expected."""
