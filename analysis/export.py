@@ -16,14 +16,15 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
 from trainables.errors import CheckpointError, DataError, GentuneError
+from trainables.filecheck import Plain, Range, fail, parse, read_json, require_file
 from analysis.sampling import generate_images, image_families, log
 from analysis.sweepdata import check_out_file, check_parent, knee
 
@@ -121,6 +122,32 @@ def models_from_checkpoint(ckpt: dict[str, Any], where: str, device: torch.devic
 
 
 # --- bundles ---------------------------------------------------------------------------------------
+
+def _hex64(v: str) -> str | None:
+    return None if len(v) == 64 and all(c in "0123456789abcdef" for c in v) else "a sha256 (64 hex digits)"
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """What bundle.json holds (write_bundle writes it)."""
+
+    format: Literal["gentune-bundle"]
+    version: Literal[1]
+    family: str
+    config: dict[str, Any]
+    sha256: Annotated[str, _hex64]
+    weights: Plain = WEIGHTS
+    metrics: dict[str, float] = field(default_factory=dict)
+    sweep: str = ""
+    study: str = ""
+    trial_id: str = ""
+    epoch: Annotated[int, Range(0)] = 0
+    stop_reason: str | None = None
+    code_version: str = "unknown"
+    data_fingerprint: dict[str, str | None] = field(default_factory=dict)
+    tensors: Annotated[int, Range(1)] | None = None
+    parameters: Annotated[int, Range(1)] | None = None
+
 
 @dataclass
 class Bundle:
@@ -241,21 +268,18 @@ def load_bundle(path: str | Path, family: str | tuple[str, ...] | None = None, d
         raise CheckpointError(f"bundle {p} does not exist (expected a folder made by `gentune export`)")
     if not meta_path.is_file():
         raise CheckpointError(f"{folder} is not a gentune bundle: it has no {META}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{meta_path} is not valid JSON ({e})") from None
+    meta = read_json(meta_path, "a gentune bundle description (JSON)", CheckpointError)
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{meta_path} is not a gentune bundle description (format {BUNDLE_FORMAT!r})")
     if meta.get("version") != BUNDLE_VERSION:
         raise CheckpointError(f"{meta_path}: bundle version {meta.get('version')!r} is not supported (expected {BUNDLE_VERSION})")
+    parse(meta, BundleFile, meta_path, error=CheckpointError)
     fam = meta.get("family")
     wanted = (family,) if isinstance(family, str) else family
     if wanted is not None and fam not in wanted:
         raise CheckpointError(f"{folder} is a {fam} bundle, but a {' or '.join(wanted)} bundle is needed here")
     weights = folder / str(meta.get("weights") or WEIGHTS)
-    if not weights.is_file():
-        raise CheckpointError(f"bundle {folder}: {weights.name} is missing")
+    require_file(weights, f"the weights {META} names (safetensors)", CheckpointError)
     digest = sha256_file(weights)
     if digest != meta.get("sha256"):
         raise CheckpointError(f"bundle {folder}: {weights.name} does not match its sha256 in {META} "
@@ -267,6 +291,9 @@ def load_bundle(path: str | Path, family: str | tuple[str, ...] | None = None, d
         flat = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"bundle {folder}: cannot read {weights.name} ({str(e).splitlines()[0][:200]})") from None
+    for key, n in (("tensors", len(flat)), ("parameters", int(sum(v.numel() for v in flat.values())))):
+        if meta.get(key) is not None and meta[key] != n:
+            raise fail(meta_path, key, f"{n}, what {weights.name} holds", meta[key], CheckpointError)
     mods = load_models(fam, cfg, unflatten_state(flat, fam), f"bundle {folder}", device)
     return Bundle(folder, meta, fam, cfg, mods)
 

@@ -2,8 +2,9 @@
 
 experiment_state-*.json holds Ray's own trial states (PENDING / RUNNING / PAUSED / TERMINATED /
 ERROR) and the study's start; each trial folder's result.json holds its results, one JSON line per
-report. Nothing here writes, and half-written files (a line being appended, a state file being
-replaced) are read as far as they are complete.
+report. Nothing here writes. Each file is checked before it is used (trainables/filecheck.py): a damaged
+one is an error naming it, except while the sweep runs, when a line being appended or a state file being
+copied is expected and read as far as it is complete.
 
 Why not Ray's ExperimentAnalysis: it decodes experiment_state with cloudpickle (its own docstring:
 "executes arbitrary code"), so `gentune status/export` on a sweep folder someone else made would run
@@ -16,8 +17,12 @@ import glob
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from trainables.errors import FileContentError
+from trainables.filecheck import Range, fail, non_empty, parse, read_checked, read_json_lines
 
 
 def finite(v: Any) -> float | None:
@@ -46,24 +51,105 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _last_json_line(path: Path) -> dict | None:
-    """The last complete JSON line of a result.json that may be being appended to."""
+RAY_STATES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR")
+
+
+@dataclass(frozen=True)
+class StateStats:
+    OPEN = True  # Ray's own file: only the keys gentune reads are checked
+    start_time: float | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    """experiment_state-*.json: what gentune reads of it (the rest is Ray's)."""
+
+    OPEN = True
+    trial_data: list[tuple[str, str]]  # per trial: its JSON state and its runtime metadata, each JSON-encoded again
+    stats: StateStats | None = None
+
+
+@dataclass(frozen=True)
+class TrialMeta:
+    OPEN = True
+    trial_id: Annotated[str, non_empty]
+    status: Literal[RAY_STATES]  # type: ignore[valid-type]
+    relative_logdir: str | None = None
+
+
+@dataclass(frozen=True)
+class TrialRuntime:
+    OPEN = True
+    start_time: float | None = None
+    last_result_time: float | None = None
+    last_result: dict[str, Any] | None = None
+    error_filename: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    """One line of a trial's result.json."""
+
+    OPEN = True
+    trial_id: Annotated[str, non_empty]
+    training_iteration: Annotated[int, Range(0)] = 0
+    done: bool = False
+    timestamp: float | None = None
+    epoch: Annotated[int, Range(0)] | None = None
+
+
+def _decoded(text: str, path: Path, where: str) -> dict:
+    """A JSON object Ray keeps as a string inside its state file, with its values decoded again (_plain)."""
     try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    for line in reversed(data.splitlines()):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue  # a line still being written
-        if isinstance(obj, dict):
-            return obj
-    return None
+        obj = json.loads(text)
+    except ValueError:
+        raise fail(path, where, "a JSON-encoded object", text) from None
+    if not isinstance(obj, dict):
+        raise fail(path, where, "a JSON-encoded object", obj)
+    return {k: _plain(v) for k, v in obj.items()}
 
 
-def read_ray_study(folder: Path) -> tuple[dict[str, dict[str, Any]], float | None, list[str]]:
-    """Trials of one Tune experiment folder: {trial_id: {state, start, last_time, result, error}}, study start, notes."""
+def read_results(path: Path, live: bool = False) -> list[dict]:
+    """The result lines of a trial's result.json, each checked against ResultLine and naming one trial. While
+    the sweep runs (`live`), a last line still being appended is left out."""
+    lines = read_json_lines(path, "one JSON object per line (Ray's results)", partial_last=live)
+    out = []
+    for i, obj in lines:
+        parse(obj, ResultLine, path, f"line {i}")
+        if out and obj["trial_id"] != out[0]["trial_id"]:
+            raise fail(path, f"line {i}.trial_id", f"the trial id of line {lines[0][0]} ({out[0]['trial_id']})",
+                       obj["trial_id"])
+        out.append(obj)
+    return out
+
+
+def read_state(path: Path) -> tuple[dict[str, dict[str, Any]], float | None]:
+    """The trials of an experiment_state-*.json ({trial_id: ...} as read_ray_study gives them) and the start."""
+    exp = read_checked(path, ExperimentState)
+    trials: dict[str, dict[str, Any]] = {}
+    for i, (meta_text, runtime_text) in enumerate(exp["trial_data"]):
+        meta = parse(_decoded(meta_text, path, f"trial_data[{i}][0]"), TrialMeta, path, f"trial_data[{i}][0]")
+        runtime = parse(_decoded(runtime_text, path, f"trial_data[{i}][1]"), TrialRuntime, path, f"trial_data[{i}][1]")
+        tid = meta["trial_id"]
+        if tid in trials:
+            raise fail(path, f"trial_data[{i}][0].trial_id", "each trial once", tid)
+        trials[tid] = {
+            "state": meta["status"],
+            "start": number(runtime.get("start_time")),
+            "last_time": number(runtime.get("last_result_time")),
+            "result": runtime.get("last_result"),
+            "error": runtime.get("error_filename") not in (None, "None", "null", ""),
+            "dir": str(meta.get("relative_logdir") or ""),
+        }
+    return trials, number((exp.get("stats") or {}).get("start_time"))
+
+
+def read_ray_study(folder: Path, live: bool = False) -> tuple[dict[str, dict[str, Any]], float | None, list[str]]:
+    """Trials of one Tune experiment folder: {trial_id: {state, start, last_time, result, error}}, study start, notes.
+
+    Every file read is checked (trainables/filecheck.py); a damaged one is an error naming it. Only while the
+    sweep runs (`live`: its driver holds the folder's lock) is a state file being copied in a note, and a result
+    line being appended left out."""
     trials: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     start = None
@@ -72,26 +158,17 @@ def read_ray_study(folder: Path) -> tuple[dict[str, dict[str, Any]], float | Non
     states = sorted(glob.glob(str(folder / "experiment_state-*.json")))  # names carry a sortable date
     if states:
         try:
-            exp = json.loads(Path(states[-1]).read_text())
-            start = number((exp.get("stats") or {}).get("start_time"))
-            for pair in exp.get("trial_data") or []:
-                meta, runtime = json.loads(pair[0]), json.loads(pair[1])
-                tid = str(_plain(meta.get("trial_id")))
-                last = _plain(runtime.get("last_result"))
-                trials[tid] = {
-                    "state": str(_plain(meta.get("status")) or ""),
-                    "start": number(_plain(runtime.get("start_time"))),
-                    "last_time": number(_plain(runtime.get("last_result_time"))),
-                    "result": last if isinstance(last, dict) else None,
-                    "error": _plain(runtime.get("error_filename")) not in (None, "None", "null", ""),
-                    "dir": str(_plain(meta.get("relative_logdir")) or ""),
-                }
-        except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
-            notes.append(f"{Path(states[-1]).name}: unreadable ({type(e).__name__}); trial states from trial folders only")
+            trials, start = read_state(Path(states[-1]))
+        except FileContentError as e:
+            if not live:
+                raise
+            notes.append(f"{Path(states[-1]).name}: not readable while Ray copies it ({e}); "
+                         "trial states from trial folders only")
     # Trial folders: newer results than the state file, and trials the state file does not list yet.
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
-        res = _last_json_line(d / "result.json") if (d / "result.json").exists() else None
-        tid = trial_id_of(d)
+        results = read_results(d / "result.json", live) if _present(d / "result.json") else []
+        res = max(results, key=lambda r: r.get("training_iteration", 0)) if results else None
+        tid = trial_id_of(d, results)
         if not tid or not (res or (d / "params.json").exists()):
             continue
         t = trials.setdefault(tid, {"state": "", "start": None, "last_time": None, "result": None, "error": False, "dir": d.name})
@@ -108,18 +185,37 @@ def read_ray_study(folder: Path) -> tuple[dict[str, dict[str, Any]], float | Non
     return trials, start, notes
 
 
-def trial_id_of(d: Path) -> str | None:
-    """A Ray trial folder's trial id: from its result.json, else from its name (<trainable>_<id>_<n>_...)."""
-    res = d / "result.json"
-    if res.is_file():
-        try:
-            with res.open() as f:
-                first = f.readline()
-            if first.strip():
-                tid = json.loads(first).get("trial_id")
-                if tid:
-                    return str(tid)
-        except (OSError, ValueError):
-            pass
+def driver_alive(root: Path) -> bool | None:
+    """Whether a `gentune sweep` holds the folder's lock; tested with a shared, non-blocking flock on the
+    existing lock file (nothing is created or written)."""
+    import fcntl
+
+    path = root / ".gentune.lock"
+    if not path.is_file():
+        return None
+    try:
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return None
+
+
+def _present(path: Path) -> bool:
+    """A file Ray writes is there (an empty one, being created, counts as absent; a folder in its place is
+    there, so reading it is the error that names it)."""
+    return path.is_dir() or (path.is_file() and path.stat().st_size > 0)
+
+
+def trial_id_of(d: Path, results: list[dict] | None = None) -> str | None:
+    """A Ray trial folder's trial id: from its result.json (checked), else from its name (<trainable>_<id>_<n>_...)."""
+    if results is None:
+        results = read_results(d / "result.json", live=True) if _present(d / "result.json") else []
+    if results:
+        return str(results[0]["trial_id"])
     m = re.match(r"^.+?_([0-9a-f]{5,}(?:_[0-9]{5})?)_\d+_", d.name)
     return m.group(1) if m else None

@@ -12,7 +12,10 @@ What it shows:
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
@@ -23,7 +26,7 @@ from analysis import compare as C
 from analysis import export as E
 from analysis.sampling import log
 from trainables.errors import CheckpointError, GentuneError
-from analysis.sweepdata import ARTIFACTS, Study, Sweep, Trial, better, check_parent, varied_params
+from analysis.sweepdata import ARTIFACTS, Study, Sweep, Trial, better, check_optuna_db, check_parent, varied_params
 
 # --- a small document model rendered to both HTML and Markdown -----------------------------------------
 
@@ -232,8 +235,10 @@ class Report:
                                           st.metric)
                     s.figure(p, f"Optuna's {title} of the {len(study.trials)} completed trials "
                                 f"(objective: final {st.metric}, {st.mode}; {why})")
-                except Exception as e:  # noqa: BLE001 - e.g. an importance evaluator that cannot fit these few trials
-                    s.note(f"Optuna's {title} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                except Exception as e:  # noqa: BLE001 - Optuna's evaluators raise many types on a few trials; said twice
+                    why = f"Optuna's {title} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    s.note(why)
+                    self.log(f"study {st.name}: {why}")
         table = C.study_table(self.sweep, st.name)
         s.table(table.columns, C.table_cells(table), f"Trials sorted by final {st.metric} ({st.mode}), best first")
         return s
@@ -289,9 +294,11 @@ def optuna_study(sweep: Sweep, st: Study):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     db = sweep.root / "optuna.db"
+    if db.exists() or db.is_symlink():
+        check_optuna_db(db)  # before Optuna opens it: it would add missing tables to a foreign file
     try:
         stored = optuna.load_study(study_name=st.name, storage=f"sqlite:///{db}") if db.is_file() else None
-    except KeyError:
+    except KeyError:  # the named study is not in it: said in the report's note below
         stored = None
     if stored is None:
         return None, ("the sweep stored no Optuna study for it (studies without a search space, PBT studies, "
@@ -304,6 +311,17 @@ def optuna_study(sweep: Sweep, st: Study):
     study = optuna.create_study(directions=stored.directions, study_name=st.name)
     study.add_trials(done)
     return study, "the sweep's stored Optuna study"
+
+
+def preflight(sweep: Sweep, named: list[Trial] | None) -> None:
+    """Every file the report reads, checked before it writes anything: the checkpoint of each trial it may draw
+    (the named ones, or every finished one) and optuna.db. A damaged one is one error; no half-made report."""
+    trials = named if named is not None else [t for st in sweep.studies.values() for t in sweep.finished(st.name, st.metric)]
+    for t in trials:
+        sweep.load_checkpoint(t)
+    db = sweep.root / "optuna.db"
+    if db.exists() or db.is_symlink():
+        check_optuna_db(db)
 
 
 # --- entry point -------------------------------------------------------------------------------------
@@ -319,20 +337,29 @@ def build_report(sweep_dir: str | Path, out: str | Path, *, trial_ids: list[str]
     check_parent(out, "--out")
     rep = Report(sweep, out, trial_ids=trial_ids, arch_text=arch_text, device=device, seed=seed,
                  tsne_max=tsne_max, quiet=quiet)  # checks the options before anything is written
-    if log_mlflow:  # a copied or moved sweep folder: its figures go to its own mlartifacts/, never the original's
-        moved = sweep.keep_artifacts_here("add --no-mlflow to write the report without logging it")
-        if moved:
-            rep.log(f"this sweep folder was copied or moved: its MLflow store now keeps artifacts in "
-                    f"{sweep.root / ARTIFACTS} (was {moved})")
-    out.mkdir(parents=True, exist_ok=True)
-    sections = rep.build()
-    title = f"gentune report: sweep {sweep.name}"
-    intro = [f"Sweep folder {sweep.root}; MLflow {sweep.tracking_uri}.",
-             "Demo data (embedded scikit-learn digits and scikit-image faces) where the configs use source: demo."]
-    md = render_md(title, intro, sections)
-    html = render_html(title, intro, sections)
-    (out / "report.md").write_text(md)
-    (out / "index.html").write_text(html)
+    preflight(sweep, rep.named)
+    # Built in a temporary folder beside --out and moved in when complete: a failure leaves no half-made report.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        rep.out = tmp
+        sections = rep.build()
+        title = f"gentune report: sweep {sweep.name}"
+        intro = [f"Sweep folder {sweep.root}; MLflow {sweep.tracking_uri}.",
+                 "Demo data (embedded scikit-learn digits and scikit-image faces) where the configs use source: demo."]
+        (tmp / "report.md").write_text(render_md(title, intro, sections))
+        (tmp / "index.html").write_text(render_html(title, intro, sections))
+        if log_mlflow:  # a copied or moved sweep folder: its figures go to its own mlartifacts/, never the original's
+            moved = sweep.keep_artifacts_here("add --no-mlflow to write the report without logging it")
+            if moved:
+                rep.log(f"this sweep folder was copied or moved: its MLflow store now keeps artifacts in "
+                        f"{sweep.root / ARTIFACTS} (was {moved})")
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rep.out = out
     figures = [f for s in sections for f in s.figures]
     logged: dict[str, list[str]] = {}
     if log_mlflow:

@@ -15,19 +15,18 @@ Two sources, merged per trial (study, trial id):
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote, urlparse
 
-from analysis.rayfolder import finite, number, read_ray_study
-from analysis.sweepdata import all_runs, read_sweep_json, sqlite_path, tracking_uri_of
+from analysis.rayfolder import RAY_STATES, driver_alive, finite, number, read_ray_study
+from analysis.sweepdata import all_runs, check_store, read_sweep_json, sqlite_path, store_exceptions, tracking_uri_of
+from trainables.filecheck import Range, read_checked
 
 # What a trial came to, in the order they are listed.
 OUTCOMES = ("running", "pending", "completed", "early-stopped", "diverged", "error", "killed")
-RAY_STATES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR")
 
 
 @dataclass
@@ -168,13 +167,15 @@ def read_mlflow(uri: str, experiment_id: str, sweep: str) -> tuple[list, list[st
         return [], [f"MLflow store {db} does not exist yet (nothing tracked)"]
     if uri.startswith("file:") and not Path(unquote(urlparse(uri).path)).exists():
         return [], [f"MLflow store {uri} does not exist yet"]
-    try:
-        from mlflow.entities import ViewType
-        from mlflow.tracking import MlflowClient
+    if db is not None:  # a damaged or foreign file is an error, not an empty sweep (opened read-only)
+        check_store(uri, "sweep.json")
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
 
+    try:
         flt = f"tags.`gentune.sweep` = '{sweep}'" if sweep else ""
         return all_runs(MlflowClient(tracking_uri=uri), experiment_id, flt, run_view_type=ViewType.ACTIVE_ONLY), notes
-    except Exception as e:  # a server that is down, a store of another MLflow version: report, use Ray's files
+    except store_exceptions() as e:  # a server that is down or busy: said in a note, Ray's files still show the trials
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return [], [f"MLflow store {uri} unreadable ({msg[:200]}); trial states from Ray's folders only"]
 
@@ -241,11 +242,12 @@ def merge_study(name: str, info: dict[str, Any], ray: dict[str, dict[str, Any]],
     return out
 
 
-def fill_from_history(uri: str, st: StudyStatus) -> None:
-    """Epoch and result time of running trials from MLflow, which the driver writes at once (Ray's copies lag)."""
+def fill_from_history(uri: str, st: StudyStatus) -> str | None:
+    """Epoch and result time of running trials from MLflow, which the driver writes at once (Ray's copies lag);
+    a note when the store stopped answering meanwhile."""
     need = [t for t in st.trials if t.run_id and (t.epoch is None or t.state == "RUNNING")]
     if not need or st.metric == "?":
-        return
+        return None
     try:
         from mlflow.tracking import MlflowClient
 
@@ -261,35 +263,35 @@ def fill_from_history(uri: str, st: StudyStatus) -> None:
             ts = last.timestamp / 1000 if last.timestamp else None
             if ts and (t.last_result is None or ts > t.last_result):
                 t.last_result = ts
-    except Exception:  # the table of trials loses its epochs, nothing else
-        return
+    except store_exceptions() as e:  # a server gone since the runs were read: the table loses its epochs only
+        return f"{st.name}: MLflow store {uri} stopped answering ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}); epochs from Ray's folders only"
+    return None
 
 
-def driver_alive(root: Path) -> bool | None:
-    """Whether a `gentune sweep` holds the folder's lock; tested with a shared, non-blocking flock on the
-    existing lock file (nothing is created or written)."""
-    import fcntl
+@dataclass(frozen=True)
+class WaitingFile:
+    """waiting.json, which the driver writes while trials wait for resources (search/sweep.py pending_watch)."""
 
-    path = root / ".gentune.lock"
-    if not path.is_file():
-        return None
-    try:
-        with open(path) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
-    except OSError:
-        return None
+    study: str
+    message: str
+    trials: Annotated[int, Range(1)]
+    asks: dict[str, Annotated[float, Range(0)]] = field(default_factory=dict)
+    cluster: dict[str, Annotated[float, Range(0)]] = field(default_factory=dict)
+    since: Annotated[float, Range(0)] | None = None
+    updated: Annotated[float, Range(0)] | None = None
 
 
-def _waiting(root: Path) -> str:
-    try:
-        return str(json.loads((root / "waiting.json").read_text()).get("message") or "")
-    except (OSError, ValueError, AttributeError):
+def _waiting(root: Path, studies: list[str]) -> str:
+    """The driver's note on waiting trials, checked whenever the file is there (a dead driver's last one too)."""
+    path = root / "waiting.json"
+    if not (path.exists() or path.is_symlink()):
         return ""
+    w = read_checked(path, WaitingFile)
+    if w["study"] not in studies:
+        from trainables.filecheck import fail
+
+        raise fail(path, "study", f"a study of sweep.json ({', '.join(studies)})", w["study"])
+    return w["message"]
 
 
 def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: dict[str, int] | None = None,
@@ -302,6 +304,8 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
     exp_id = str(info.get("experiment_id") or "")
     notes: list[str] = []
     runs: list = []
+    alive = driver_alive(root)
+    waiting = _waiting(root, list(info["studies"]))
     if uri and exp_id:
         runs, n = read_mlflow(uri, exp_id, str(info.get("name") or ""))
         notes += n
@@ -311,13 +315,15 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
     budgets = info.get("time_budget_s") or {}
     for name in info.get("studies") or []:
         metric, mode = ((info.get("metrics") or {}).get(name) or [None, "max"])[:2]
-        ray, start, n = read_ray_study(root / name)
+        ray, start, n = read_ray_study(root / name, live=bool(alive))
         notes += [f"{name}: {x}" for x in n]
         st = StudyStatus(name=name, family=(info.get("families") or {}).get(name, ""), metric=metric or "?",
                          mode=mode or "max", time_budget_s=number(budgets.get(name)) or None,
                          planned=(planned or {}).get(name))
         st.trials = merge_study(name, info, ray, runs, now)
-        fill_from_history(uri, st)
+        note = fill_from_history(uri, st)
+        if note:
+            notes.append(note)
         parent = next((r for r in runs if r.data.tags.get("gentune.kind") == "study"
                        and r.data.tags.get("gentune.study") == name), None)
         st.started = start or (parent.info.start_time / 1000 if parent is not None and parent.info.start_time else None)
@@ -333,11 +339,10 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
             enough = st.planned is None or len(st.trials) >= st.planned
             st.state = "finished" if st.trials and not live and enough and not runs else "running"
         studies.append(st)
-    alive = driver_alive(root)
     out = SweepStatus(root=root, name=str(info.get("name") or root.name), tracking_uri=uri, experiment_id=exp_id,
                       started=number(info.get("started")), studies=studies, now=now, notes=notes,
                       driver_state=str(info.get("state") or ""), driver_alive=alive,
-                      waiting=_waiting(root) if alive else "")
+                      waiting=waiting if alive else "")
     # Files written while we read may be a moment newer than `now`: never show a negative age.
     out.now = max(now, out.last_activity or now)
     return out

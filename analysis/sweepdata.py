@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlparse
 
-from analysis.rayfolder import trial_id_of
+from analysis.rayfolder import driver_alive, read_results, trial_id_of
 from trainables.errors import CheckpointError, GentuneError
+from trainables.filecheck import NOTHING, check_sqlite, Mode, Plain, Range, non_empty, read_checked, unique
 
 CHECKPOINT = "checkpoint.pt"
 LOCAL_DB = "mlflow.db"  # a local sweep's MLflow store, inside its folder
@@ -110,24 +111,56 @@ def knee(points: dict[str, tuple[float, ...]], modes: tuple[str, ...]) -> str:
     return min(keys, key=dist)
 
 
+@dataclass(frozen=True)
+class SweepFile:
+    """What sweep.json holds (search/sweep.py writes it; `gentune sweep` adds spec_path, overrides, smoke)."""
+
+    name: Plain
+    studies: Annotated[list[Plain], non_empty, unique]
+    tracking_uri: str = ""
+    local_store: bool = False
+    experiment_id: str | None = None
+    experiment: str = ""
+    families: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, tuple[str, Mode]] = field(default_factory=dict)
+    objectives: dict[str, list[tuple[str, Mode]]] = field(default_factory=dict)
+    time_budget_s: dict[str, Annotated[float, Range(0)] | None] = field(default_factory=dict)
+    trials: dict[str, Annotated[int, Range(0)]] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+    spec_path: str = ""
+    overrides: list[str] = field(default_factory=list)
+    smoke: bool = False
+    started: Annotated[float, Range(0)] | None = None
+    ended: Annotated[float, Range(0)] | None = None
+    state: Literal["running", "finished", "interrupted", "failed"] = "running"
+
+    @classmethod
+    def consistent(cls, info: dict) -> tuple[str, str, Any] | None:
+        """Per-study keys name studies of `studies`; families are ones gentune knows."""
+        from trainables.families import known
+
+        names = set(info["studies"])
+        for key in ("families", "metrics", "objectives", "time_budget_s", "trials"):
+            for name in info.get(key) or {}:
+                if name not in names:
+                    return f"{key}.{name}", f"a study listed in studies ({', '.join(info['studies'])})", NOTHING
+        for name, fam in (info.get("families") or {}).items():
+            if fam not in known():
+                return f"families.{name}", f"one of the families {', '.join(known())}", fam
+        return None
+
+
 def read_sweep_json(root: Path) -> dict[str, Any]:
-    """sweep.json of a sweep folder, with a one-line error naming what is missing."""
+    """sweep.json of a sweep folder, checked against SweepFile; a one-line error names what is wrong."""
     root = Path(root)
     if not root.exists():
         raise GentuneError(f"sweep folder {root} does not exist (pass the folder `gentune sweep` printed, e.g. runs/quickstart)")
     if not root.is_dir():
         raise GentuneError(f"{root} is not a folder; pass a sweep folder (the one holding sweep.json)")
     f = root / "sweep.json"
-    if not f.exists():
+    if not f.exists() and not f.is_symlink():
         raise GentuneError(f"{root} holds no sweep.json, so it is not a sweep folder (it is written when `gentune sweep` starts)")
-    try:
-        info = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise GentuneError(f"{f}: cannot read it as JSON ({e})") from None
-    if not isinstance(info, dict) or not info.get("studies"):
-        raise GentuneError(f"{f}: expected an object with name, tracking_uri, experiment_id and studies")
-    return info
-
+    return read_checked(f, SweepFile)
 
 
 def first_line(e: BaseException) -> str:
@@ -205,6 +238,13 @@ def check_store(uri: str, source: str) -> None:
             raise GentuneError(f"MLflow file store {path} (from {source}) does not exist or is not a folder")
         return
     raise GentuneError(f"{source}: {uri!r} is not an MLflow tracking URI gentune can read ({_URI_HINT})")
+
+
+def check_optuna_db(db: Path) -> None:
+    """SWEEP/optuna.db must be an SQLite file with Optuna's tables, checked read-only before Optuna opens it
+    (Optuna would add its tables to a foreign or emptied file)."""
+    check_sqlite(db, {"studies": "study_id, study_name", "trials": "trial_id, study_id, state",
+                      "trial_values": "trial_id, value"}, "the sweep's stored Optuna studies (an Optuna SQLite file)")
 
 
 # --- output paths (checked before any long work) -------------------------------------------------
@@ -436,8 +476,10 @@ class Sweep:
         out: dict[str, Path] = {}
         if not exp.is_dir():
             return out
+        live = bool(driver_alive(self.root))  # a result line may be being appended only while the sweep runs
         for d in sorted(p for p in exp.iterdir() if p.is_dir()):
-            tid = trial_id_of(d)
+            res = d / "result.json"
+            tid = trial_id_of(d, read_results(res, live) if res.is_dir() or (res.is_file() and res.stat().st_size) else [])
             if tid:
                 out[tid] = d
         return out

@@ -29,7 +29,7 @@ def planned_trials(info: dict) -> dict[str, int] | None:
 
         spec = parse_spec(info["spec"], list(info.get("overrides") or []), bool(info.get("smoke")))
         return {s.name: s.trials for s in spec.studies}
-    except Exception:  # a spec whose data folder has moved since: the counts are a nicety, not a need
+    except GentuneError:  # an old sweep's spec that no longer parses (its data moved): the planned counts show as unknown
         return None
 
 
@@ -240,12 +240,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     check_ui_args(args)
     root = Path(args.sweep).expanduser()
-    if not (root / "sweep.json").is_file():
-        raise GentuneError(f"{root} is not a sweep folder (no sweep.json); pass the folder `gentune sweep` printed")
+    from analysis.sweepdata import check_optuna_db, read_sweep_json
+
+    read_sweep_json(root)  # a missing or damaged sweep.json is one error naming it
     db = root / "optuna.db"
-    if not db.is_file():
+    if not (db.exists() or db.is_symlink()):
         raise GentuneError(f"sweep {root.name} has no stored Optuna study ({db} is missing): only searched studies on "
                            "local storage keep one, and only sweeps made since gentune stored them")
+    check_optuna_db(db)
     exe = Path(sys.executable).parent / "optuna-dashboard"
     exe_s = str(exe) if exe.is_file() else shutil.which("optuna-dashboard")
     if not exe_s:
