@@ -138,6 +138,32 @@ def _read(dc: DataConfig, split: str, kind: str) -> tuple[np.ndarray, np.ndarray
     return reader[dc.source](root, "train" if train else "test")
 
 
+def read_cache(path: Path, size: int, kind: str) -> tuple[tuple | None, str]:
+    """((images, labels, fingerprint), "") of a cache file if it holds what load_split wrote: uint8 images
+    (N, 3, size, size), int64 labels 0-9 (N,) for digits (none for faces), and the fingerprint of exactly that
+    content (so an edited or torn entry is caught); else (None, what is wrong)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any undecodable cache file is rebuilt, with a line saying why
+        return None, f"unreadable ({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})"
+    if not isinstance(blob, dict) or set(blob) != {"images", "labels", "fingerprint"}:
+        return None, "expected the keys images, labels, fingerprint"
+    x, y, fp = blob["images"], blob["labels"], blob["fingerprint"]
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and tuple(x.shape[1:]) == (3, size, size)
+            and len(x) > 0):
+        return None, f"expected images as uint8 (N, 3, {size}, {size})"
+    if kind == "digits":
+        if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and tuple(y.shape) == (len(x),)):
+            return None, f"expected {len(x)} int64 labels"
+        if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
+            return None, "expected labels 0-9"
+    elif y is not None:
+        return None, "expected no labels"
+    if not isinstance(fp, str) or fp != content_fingerprint(x, y):
+        return None, "its content does not match its fingerprint (damaged or edited)"
+    return (x, y, fp), ""
+
+
 def load_split(dc: DataConfig, split: str, size: int, kind: str, cache_dir: str = "", quiet: bool = False) -> ImageSet:
     """The split ('train' or 'val') of a dataset at size x size RGB, from the cache when it is there."""
     key = {
@@ -147,12 +173,13 @@ def load_split(dc: DataConfig, split: str, size: int, kind: str, cache_dir: str 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     name = f"{dc.source}-{dc.domain or kind}-{split}-{size}"
     path = cache_root(cache_dir) / "datasets" / f"{name}-{digest}.pt"
+    if path.is_dir():
+        raise DataError(f"dataset cache entry {path} is a folder, expected a cache file; remove it to rebuild it")
     if path.exists():
-        try:
-            blob = torch.load(path, weights_only=True)
-            return ImageSet(blob["images"], blob.get("labels"), blob["fingerprint"], name)
-        except Exception as e:  # a torn cache file is rebuilt, not trusted
-            print(f"gentune: rebuilding unreadable cache {path} ({e})", file=sys.stderr)
+        cached, why = read_cache(path, size, kind)
+        if cached is not None:
+            return ImageSet(*cached, name)
+        print(f"gentune: rebuilding the dataset cache entry {path}: {why}", file=sys.stderr)
     if not quiet:
         print(f"gentune: decoding {name} into the cache {path.parent} ...", file=sys.stderr)
     images, labels = _read(dc, split, kind)

@@ -12,6 +12,7 @@ from trainables.files import atomic_open
 from trainables.common import accuracy
 from trainables.config import DataConfig
 from trainables.data import ImageSet, batches, cache_root, load_split
+from trainables.errors import DataError
 
 EPOCHS = 12
 
@@ -51,11 +52,19 @@ def ensure_evaluator(dc: DataConfig, device: torch.device, cache_dir: str = "", 
     train = load_split(dc, "train", 28, "digits", cache_dir, quiet)
     val = load_split(dc, "val", 28, "digits", cache_dir, quiet)
     path = cache_root(cache_dir) / "evaluators" / f"digits-{train.fingerprint}-{val.fingerprint}.pt"
+    if path.is_dir():
+        raise DataError(f"digit evaluator cache entry {path} is a folder, expected a cache file; remove it to rebuild it")
     if path.exists():
         model = DigitClassifier()
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(blob["state"])
-        return model.to(device).eval(), float(blob["val_acc"])
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or set(blob) != {"state", "val_acc"} or not 0 <= float(blob["val_acc"]) <= 1:
+                raise ValueError("expected the keys state and val_acc (0-1)")
+            model.load_state_dict(blob["state"])
+            return model.to(device).eval(), float(blob["val_acc"])
+        except Exception as e:  # noqa: BLE001 - any undecodable or misfit cache file is retrained, with a line saying why
+            why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            print(f"gentune: rebuilding the digit evaluator cache entry {path}: {why}", file=sys.stderr)
     if not quiet:
         print(f"gentune: training the digit evaluator on {train.name} ({len(train)} images) ...", file=sys.stderr)
     model, val_acc = train_classifier(train, val, device)

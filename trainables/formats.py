@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from trainables.errors import DataError
+from trainables.filecheck import duplicates
 from trainables.files import image_files
 
 PathLike = str | os.PathLike
@@ -180,12 +181,30 @@ def read_report_digits(root: PathLike, domain: str, split: str) -> tuple[np.ndar
     data = dom / "data"
     _require_dir(data, "digit image folder")
     csv_path = dom / f"{split}.csv"
+    names, labels = _report_rows(csv_path, data)
+    if not names:
+        raise DataError(f"{csv_path} lists no images: the {split} split of {domain} is empty")
+    other = dom / f"{'val' if split == 'train' else 'train'}.csv"
+    if other.exists():  # an image in both splits would be validated on what it trained on
+        theirs = dict(zip(*_report_rows(other, data)))
+        for i, (name, label) in enumerate(zip(names, labels)):
+            if name in theirs:
+                how = "with another label there: contradictory" if theirs[name] != label else "too"
+                raise DataError(f"{csv_path}: row {i + 2}: expected each image in one split only; {name} is listed "
+                                f"in {other.name} {how}")
+    return read_image_folder(data, names), np.asarray(labels, dtype=np.int64)
+
+
+def _report_rows(csv_path: Path, data: Path) -> tuple[list[str], list[int]]:
+    """The (image names, labels) of a report-layout CSV, checked: the header, two fields per row, each name an
+    image in `data` listed once, each label a digit 0-9."""
     rows = list(csv.reader(_read_text(csv_path, "split file")))
     if not rows or [c.strip() for c in rows[0]] != ["image_name", "label"]:
         got = ",".join(rows[0]) if rows else "an empty file"
         raise DataError(f"{csv_path} must start with the header image_name,label, got {got!r}")
     names: list[str] = []
     labels: list[int] = []
+    places: list[str] = []
     for line_no, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
             continue
@@ -197,9 +216,9 @@ def read_report_digits(root: PathLike, domain: str, split: str) -> tuple[np.ndar
             raise DataError(f"{where} names {name}, which does not exist in {data}")
         labels.append(_parse_label(row[1], where))
         names.append(name)
-    if not names:
-        raise DataError(f"{csv_path} lists no images: the {split} split of {domain} is empty")
-    return read_image_folder(data, names), np.asarray(labels, dtype=np.int64)
+        places.append(f"line {line_no}")
+    duplicates(zip(names, labels, places), csv_path, "image", DataError)
+    return names, labels
 
 
 # ----------------------------------------------------------------------------------------- MNIST
@@ -276,6 +295,7 @@ def read_mnistm(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     lab_path = root / f"mnist_m_{split}_labels.txt"
     names: list[str] = []
     labels: list[int] = []
+    places: list[str] = []
     for line_no, line in enumerate(_read_text(lab_path, "MNIST-M labels file"), start=1):
         if not line.strip():
             continue
@@ -287,6 +307,8 @@ def read_mnistm(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(f"{where} names {parts[0]}, which does not exist in {folder}")
         labels.append(_parse_label(parts[1], where))
         names.append(parts[0])
+        places.append(f"line {line_no}")
+    duplicates(zip(names, labels, places), lab_path, "image", DataError)
     if not names:
         raise DataError(f"{lab_path} lists no images: the MNIST-M {split} split is empty")
     return read_image_folder(folder, names), np.asarray(labels, dtype=np.int64)
@@ -372,6 +394,7 @@ def read_celeba(root: PathLike, split: str, limit: int | None = None) -> tuple[n
     part_path = root / "list_eval_partition.txt"
     want = CELEBA_PARTITION[split]
     names: list[str] = []
+    seen: dict[str, str] = {}
     for line_no, line in enumerate(_read_text(part_path, "CelebA partition file"), start=1):
         parts = line.split()
         if not parts:
@@ -379,6 +402,10 @@ def read_celeba(root: PathLike, split: str, limit: int | None = None) -> tuple[n
         where = f"{part_path} line {line_no}"
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
             raise DataError(f"{where} is {line.strip()!r}, expected '<file>.jpg <0|1|2>'")
+        if parts[0] in seen:
+            raise DataError(f"{where}: expected each image once; {parts[0]} is already listed with partition "
+                            f"{seen[parts[0]]}" + (" (contradictory)" if seen[parts[0]] != parts[1] else ""))
+        seen[parts[0]] = parts[1]
         if int(parts[1]) != want:
             continue
         if not (folder / parts[0]).is_file():

@@ -81,7 +81,11 @@ def fit(
     trainer = build_trainer(family, cfg, quiet=quiet)
     start, history = 0, []
     if resume is not None:
-        trainer.load_state(resume["state"])
+        try:
+            trainer.load_state(resume["state"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # load_state_dict: missing keys, wrong shapes
+            detail = " ".join(x.strip() for x in str(e).strip().splitlines()[:2])[:300] or type(e).__name__
+            raise CheckpointError(f"the checkpoint's state does not fit the {family} model its config builds ({detail})") from None
         set_rng_state(resume["rng"], trainer.device)
         start, history = resume["epoch"], list(resume["history"])
         if resume.get("stop_reason"):

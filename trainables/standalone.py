@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.errors import GentuneError
 from trainables.loop import Epoch, fit
 
 CHECKPOINT = "checkpoint.pt"
@@ -44,18 +45,34 @@ def sigint_deferred():
 
 
 def train_standalone(family: str, flat: dict[str, Any], out: Path, quiet: bool = False) -> str | None:
-    out.mkdir(parents=True, exist_ok=True)
+    """Train one trial into `out`, resuming from its checkpoint.pt. Everything read is checked before anything is
+    written: a damaged checkpoint, or a folder where a file must be, is one error and leaves `out` as it was."""
+    if out.exists() and not out.is_dir():
+        raise GentuneError(f"--out {out} is a file, not a folder")
     ckpt_path = out / CHECKPOINT
-    resume = load_checkpoint(ckpt_path, family) if ckpt_path.exists() else None
     log = out / "metrics.jsonl"
+    resume = load_checkpoint(ckpt_path, family) if (ckpt_path.exists() or ckpt_path.is_symlink()) else None
+    if log.is_dir():
+        raise GentuneError(f"{log} is a folder, expected the metrics file gentune writes there")
+    # metrics.jsonl is rebuilt from the checkpoint's history (the file is output, never read back): a crash between
+    # the two writes, or an edit, leaves no line the checkpoint does not hold
+    rebuilt = "".join(json.dumps(m) + "\n" for m in resume["history"]) if resume is not None else ""
+    started = False
     if resume is not None:
         print(f"gentune: resuming {out} from epoch {resume['epoch']}", file=sys.stderr)
-        # keep exactly the epochs the checkpoint holds, so a crash between the two writes leaves no duplicate
-        log.write_text("".join(json.dumps(m) + "\n" for m in resume["history"]))
-    else:
-        log.write_text("")
+
+    def start_log() -> None:  # at the first epoch: a run refused before it (config changed) writes nothing
+        nonlocal started
+        started = True
+        out.mkdir(parents=True, exist_ok=True)
+        if resume is not None and log.is_file() and log.read_bytes() != rebuilt.encode():
+            print(f"gentune: {log} did not match the checkpoint's {resume['epoch']} epoch(s); rewritten from it",
+                  file=sys.stderr)
+        log.write_text(rebuilt)
 
     def sink(e: Epoch) -> None:
+        if not started:
+            start_log()
         with sigint_deferred():
             save_checkpoint(e.checkpoint, ckpt_path)
             with log.open("a") as f:
