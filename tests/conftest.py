@@ -59,6 +59,17 @@ def cache_dir(tmp_path_factory) -> Path:
 def smoke_sweep(tmp_path_factory, cache_dir) -> dict:
     """`gentune sweep search/specs/quickstart.yaml --smoke` finished once: {root, tracking_uri, info}."""
     storage = tmp_path_factory.mktemp("sweeps")
+    reuse = os.environ.get("GENTUNE_TEST_SMOKE_SWEEP")  # a finished smoke sweep to copy instead (quicker reruns)
+    if reuse:
+        import shutil
+
+        shutil.copytree(reuse, storage / "quickstart")
+        root = storage / "quickstart"
+        info = json.loads((root / "sweep.json").read_text())
+        uri = f"sqlite:///{(root / 'mlflow.db').resolve()}"
+        info["tracking_uri"] = uri
+        (root / "sweep.json").write_text(json.dumps(info, indent=2))
+        return {"root": root, "tracking_uri": uri, "info": info}
     gentune("sweep", str(SPECS / "quickstart.yaml"), "--smoke", "--storage", str(storage), "--quiet")
     root = storage / "quickstart"
     info = json.loads((root / "sweep.json").read_text())

@@ -238,7 +238,7 @@ def test_dashboard_serves_the_stored_study_on_localhost(two_objective_sweep) -> 
 
 
 def test_dashboard_refuses_a_folder_without_a_stored_study(tmp_path) -> None:
-    (tmp_path / "sweep.json").write_text("{}")
+    (tmp_path / "sweep.json").write_text('{"name": "s", "studies": ["s"]}')
     p = gentune("dashboard", str(tmp_path), check=False)
     assert p.returncode != 0 and "has no stored Optuna study" in p.stderr and "Traceback" not in p.stderr
 
