@@ -2,6 +2,7 @@
 
     python -m benchmarks.gan_recipes [--seeds 0,1,2,3] [--recipes base,augment,r1,noise,all]
                                      [--workers 2] [--results benchmarks/RESULTS.md] [--json FILE]
+                                     [--merge FILE ...]
 
 Model A at the quickstart's GAN budget (search/specs/quickstart.yaml, study gan: width 32, 600 steps of
 batch 32, the first start_from point's learning rates) on the demo faces, once per recipe and seed:
@@ -18,7 +19,8 @@ Each run evaluates every epoch (face rate and diversity on the spec's n_eval sam
 D loss and D(G(z)), the stop rule's inputs) and never stops early, so one run serves both the recipe table
 and the calibration of the "discriminator won" rule (--json keeps every epoch). Prints face rate and
 diversity at the last step, mean +- sd over seeds, and each recipe's wall time. Runs train in `--workers`
-processes, one CPU thread each (as the quickstart's trials run: one per core).
+processes, one CPU thread each (as the quickstart's trials run: one per core). `--merge` reads runs that
+earlier invocations wrote with --json (split over sessions or machines) and trains only what is missing.
 """
 from __future__ import annotations
 
@@ -85,6 +87,26 @@ def table(runs: list[dict], recipes: list[str], seeds: list[int]) -> str:
     return "\n".join(rows)
 
 
+def rule_table(runs: list[dict]) -> str:
+    """The "discriminator won" rule against every run: the lowest epoch-mean D(G(z)) and D loss it reached, where
+    the rule (GANConfig's thresholds and patience, checked at every epoch) would have stopped it, and the face
+    rate it reached without being stopped. A run that made faces must never be stopped."""
+    from trainables.config import GANConfig
+
+    c = GANConfig()
+    rows = [f"| recipe | seed | min D(G(z)) | min D loss | rule fires at epoch | face rate at the end |", "|---|---|---|---|---|---|"]
+    for x in sorted(runs, key=lambda x: (list(RECIPES).index(x["recipe"]), x["seed"])):
+        strikes, fired = 0, "-"
+        for m in x["epochs"]:
+            strikes = strikes + 1 if m["d_fake"] < c.d_won_fake and m["loss_d"] < c.d_won_loss else 0
+            if strikes >= c.patience and fired == "-":
+                fired = str(m["epoch"])
+        rows.append(f"| {x['recipe']} | {x['seed']} | {min(m['d_fake'] for m in x['epochs']):.3f} | "
+                    f"{min(m['loss_d'] for m in x['epochs']):.3f} | {fired} | {x['epochs'][-1]['face_rate']:.2f} |")
+    return (f"Stop rule \"discriminator won\" (D(G(z)) < {c.d_won_fake:g} and D loss < {c.d_won_loss:g}, "
+            f"{c.patience} evaluations in a row):\n\n" + "\n".join(rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gan_recipes", description=__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds")
@@ -93,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config for every run")
     p.add_argument("--json", default="", help="write every run's per-epoch metrics here")
     p.add_argument("--results", default="", help="append the table to this Markdown file")
+    p.add_argument("--merge", nargs="*", default=[], help="--json files of earlier runs to reuse (same config)")
     a = p.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
     recipes = a.recipes.split(",")
@@ -104,10 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     for kv in a.set:
         k, _, v = kv.partition("=")
         cfg[k] = v
-    jobs = [(r, s, {**cfg, **RECIPES[r]}) for r in recipes for s in seeds]
-    print(f"gan_recipes: {len(jobs)} runs of model A ({cfg['epochs'] * cfg['steps_per_epoch']} steps of batch "
+    runs = []
+    for f in a.merge:  # a run is reused where it trained exactly what this invocation would
+        old = json.loads(Path(f).read_text())
+        runs += [x for x in old["runs"] if x["recipe"] in recipes and x["seed"] in seeds
+                 and {**old["config"], **old["recipes"][x["recipe"]]} == {**cfg, **RECIPES[x["recipe"]]}]
+    have = {(x["recipe"], x["seed"]) for x in runs}
+    jobs = [(r, s, {**cfg, **RECIPES[r]}) for r in recipes for s in seeds if (r, s) not in have]
+    print(f"gan_recipes: {len(have)} runs reused, {len(jobs)} runs of model A ({cfg['epochs'] * cfg['steps_per_epoch']} steps of batch "
           f"{cfg['batch_size']}, width {cfg['width']}), {a.workers} at a time", file=sys.stderr)
-    runs, t0 = [], time.perf_counter()
+    t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as pool:
         for res in pool.map(run_one, jobs):
             last = res["epochs"][-1]
@@ -115,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{last['diversity']:.2f}, D loss {last['loss_d']:.3f}, D(G(z)) {last['d_fake']:.3f} "
                   f"({res['wall_s']:.0f} s)", file=sys.stderr, flush=True)
             runs.append(res)
-    text = table(runs, recipes, seeds)
+    text = table(runs, recipes, seeds) + "\n\n" + rule_table(runs)
     print(text)
     print(f"total wall time {time.perf_counter() - t0:.0f} s")
     if a.json:

@@ -269,6 +269,8 @@ def validate(cfg: Any) -> None:
         need(cfg.n_eval >= 2, "n_eval", "an integer >= 2")
         need(cfg.fid_dims in (64, 192, 768, 2048), "fid_dims", "one of 64, 192, 768, 2048")
         need(cfg.patience >= 1, "patience", "an integer >= 1")
+        need(0 <= cfg.d_won_fake <= 1, "d_won_fake", "a probability in [0, 1] (0 turns the rule off)")
+        need(cfg.d_won_loss >= 0, "d_won_loss", "a loss >= 0")
         need(cfg.r1_gamma >= 0, "r1_gamma", "a penalty weight >= 0 (0 = off)")
         need(cfg.r1_every >= 1, "r1_every", "an integer >= 1")
         need(cfg.instance_noise >= 0, "instance_noise", "a noise sigma >= 0 (0 = off)")
