@@ -266,7 +266,7 @@ def load_bundle(path: str | Path, family: str | tuple[str, ...] | None = None, d
     meta_path = folder / META
     if not folder.is_dir():
         raise CheckpointError(f"bundle {p} does not exist (expected a folder made by `gentune export`)")
-    if not meta_path.is_file():
+    if not (meta_path.exists() or meta_path.is_symlink()):
         raise CheckpointError(f"{folder} is not a gentune bundle: it has no {META}")
     meta = read_json(meta_path, "a gentune bundle description (JSON)", CheckpointError)
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:

@@ -428,7 +428,7 @@ def test_mnistm_labels_refused(case, edit, needle, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("case,corrupt,needle", CSV_CASES, ids=[c[0] for c in CSV_CASES])
 def test_train_refuses_a_bad_report_layout(case, corrupt, needle, tmp_path):
-    dom = report_layout(tmp_path / "data", n=12)
+    dom = report_layout(tmp_path / "data")
     corrupt(dom)
     out = tmp_path / "run"
     p = gentune("train", str(REPO / "search" / "specs" / "dann.yaml"), "--set", "epochs=1", "--set", "steps_per_epoch=1",
