@@ -490,7 +490,7 @@ class Sweep:
         if d is None:
             raise CheckpointError(f"trial {trial.trial_id}: no Ray trial folder for it under {self.root / trial.study}")
         ckpts = sorted((int(m.group(1)), p) for p in d.iterdir()
-                       if (m := _CKPT_DIR.match(p.name)) and (p / CHECKPOINT).is_file())
+                       if (m := _CKPT_DIR.match(p.name)) and (p / CHECKPOINT).exists())  # a folder there: load says so
         if not ckpts:
             raise CheckpointError(f"trial {trial.trial_id}: no checkpoint_*/{CHECKPOINT} in {d}")
         return ckpts[-1][1] / CHECKPOINT

@@ -185,13 +185,12 @@ def read_report_digits(root: PathLike, domain: str, split: str) -> tuple[np.ndar
     if not names:
         raise DataError(f"{csv_path} lists no images: the {split} split of {domain} is empty")
     other = dom / f"{'val' if split == 'train' else 'train'}.csv"
-    if other.exists():  # an image in both splits would be validated on what it trained on
+    if other.exists():  # an image both splits list must carry one label (listed consistently)
         theirs = dict(zip(*_report_rows(other, data)))
         for i, (name, label) in enumerate(zip(names, labels)):
-            if name in theirs:
-                how = "with another label there: contradictory" if theirs[name] != label else "too"
-                raise DataError(f"{csv_path}: row {i + 2}: expected each image in one split only; {name} is listed "
-                                f"in {other.name} {how}")
+            if name in theirs and theirs[name] != label:
+                raise DataError(f"{csv_path}: row {i + 2}: expected the label {other.name} gives {name} "
+                                f"({theirs[name]}), found {label}: contradictory")
     return read_image_folder(data, names), np.asarray(labels, dtype=np.int64)
 
 
