@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(r, s, {**cfg, **RECIPES[r]}) for r in recipes for s in seeds if (r, s) not in have]
     print(f"gan_recipes: {len(have)} runs reused, {len(jobs)} runs of model A ({cfg['epochs'] * cfg['steps_per_epoch']} steps of batch "
           f"{cfg['batch_size']}, width {cfg['width']}), {a.workers} at a time", file=sys.stderr)
+    def save() -> None:
+        if a.json:
+            Path(a.json).write_text(json.dumps({"config": cfg, "recipes": {r: RECIPES[r] for r in recipes}, "runs": runs}, indent=1))
+
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as pool:
         for res in pool.map(run_one, jobs):
@@ -144,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{last['diversity']:.2f}, D loss {last['loss_d']:.3f}, D(G(z)) {last['d_fake']:.3f} "
                   f"({res['wall_s']:.0f} s)", file=sys.stderr, flush=True)
             runs.append(res)
+            save()  # after every run: an interrupted benchmark keeps what it trained (reuse it with --merge)
+    save()
     text = table(runs, recipes, seeds) + "\n\n" + rule_table(runs)
     print(text)
     print(f"total wall time {time.perf_counter() - t0:.0f} s")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"config": cfg, "recipes": {r: RECIPES[r] for r in recipes}, "runs": runs}, indent=1))
     if a.results:
         with open(a.results, "a") as f:
             f.write(f"\n### GAN recipes ({datetime.date.today()}, {os.cpu_count()} CPUs)\n\n"

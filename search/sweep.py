@@ -8,6 +8,7 @@ Folder of a sweep (local storage): <storage>/<name>/
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -279,11 +280,11 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
     # states alone cannot tell), a trial left unfinished, or fewer trials made than planned (no time budget)
     interrupted = st.name in SIGINTS or any(v not in ("TERMINATED", "ERROR") for v in states.values()) or (
         bool(states) and len(states) < st.trials and not st.time_budget_s)
-    best = None
-    try:
-        best = grid.get_best_result(metric=st.metric, mode=st.mode, scope="last")
-    except RuntimeError:
-        pass
+    # no best where no trial reported a finite value of the metric (all failed, or were interrupted before their
+    # first evaluation): Ray would raise for that, and it is not an error of the sweep
+    reported = any(r.metrics and isinstance(r.metrics.get(st.metric), (int, float))
+                   and math.isfinite(r.metrics[st.metric]) for r in grid)
+    best = grid.get_best_result(metric=st.metric, mode=st.mode, scope="last") if reported else None
     if best is not None and best.metrics and st.metric in best.metrics:
         w.append({"op": "metrics", "run": "study", "step": 0, "ts": int(time.time() * 1000),
                   "values": {f"best_{st.metric}": float(best.metrics[st.metric])}})
@@ -561,11 +562,14 @@ def check_folder(rp: Path, resume: bool, source: dict, smoke: bool) -> dict | No
         if rp.exists() and any(p.name != ".gentune.lock" for p in rp.iterdir()):
             raise SpecError(f"sweep folder {rp} already exists; add --resume to continue it or --name for a new sweep")
         return None
-    if not info_path.is_file():
+    if not info_path.exists() and not info_path.is_symlink():
         raise SpecError(f"--resume: there is no sweep in {rp} (no sweep.json); check --name and --storage")
-    from analysis.sweepdata import read_sweep_json
+    from analysis.sweepdata import check_optuna_db, read_sweep_json
 
-    info = read_sweep_json(rp)
+    info = read_sweep_json(rp)  # a folder or a damaged file in its place: one line naming it
+    db = rp / "optuna.db"
+    if db.exists() or db.is_symlink():  # before Optuna opens it: it would add its tables to a foreign or emptied file
+        check_optuna_db(db)
     diff = [d.replace("__set__.", "--set ") for d in spec_differences(info.get("spec"), source)]
     if bool(info.get("smoke")) != bool(smoke):
         diff.append("--smoke")
