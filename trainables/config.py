@@ -70,6 +70,7 @@ class GANConfig(TrainConfig):
     augment_policy: str = "color,translation,cutout"  # any of color, translation, cutout (comma-separated)
     r1_gamma: float = 0.0  # R1 penalty gamma/2 * |grad_x D(x_real)|^2 on D's logits; 0 = off
     r1_every: int = 16  # lazy R1: every r1_every D steps, scaled by r1_every (StyleGAN2)
+    g_ema: float = 0.0  # > 0: sample (evaluate, export) from an exponential moving average of G's weights, this decay
     instance_noise: float = 0.0  # sigma of N(0, sigma^2) added to D's inputs at step 0, linearly to 0 at the last step
     # stop rules, each for `patience` evaluations in a row. "discriminator won": D tells fakes apart
     # (mean D(G(z)) over the epoch below d_won_fake) with a low D loss (below d_won_loss), from the first
@@ -271,6 +272,7 @@ def validate(cfg: Any) -> None:
         need(cfg.patience >= 1, "patience", "an integer >= 1")
         need(0 <= cfg.d_won_fake <= 1, "d_won_fake", "a probability in [0, 1] (0 turns the rule off)")
         need(cfg.d_won_loss >= 0, "d_won_loss", "a loss >= 0")
+        need(0 <= cfg.g_ema < 1, "g_ema", "a decay in [0, 1) (0 = off)")
         need(cfg.r1_gamma >= 0, "r1_gamma", "a penalty weight >= 0 (0 = off)")
         need(cfg.r1_every >= 1, "r1_every", "an integer >= 1")
         need(cfg.instance_noise >= 0, "instance_noise", "a noise sigma >= 0 (0 = off)")

@@ -1,6 +1,8 @@
 """GAN trainer: model A (the DCGAN tutorial) or B (soft/noisy labels, SGD discriminator), 64x64 faces."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -95,6 +97,9 @@ class GANTrainer(Base):
         m = self.build_models(cfg)
         self.G, self.D = m["G"], m["D"]
         self.place(self.G, self.D)
+        # the generator that samples: an exponential moving average of G's weights when g_ema > 0 (a GAN's last
+        # iterate oscillates from one epoch to the next; the average does not), else G itself
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.g_ema > 0 else None
         self.opt_g = self.adam(self.G.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
         if cfg.d_optimizer == "sgd":
             self.opt_d = self.sgd(self.D.parameters(), cfg.lr_d, cfg.d_momentum)
@@ -144,6 +149,8 @@ class GANTrainer(Base):
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        if self.G_ema is not None:
+            self.update_ema()
         return loss_d.detach(), loss_g.detach(), p_real.detach().float().mean(), p_fake.detach().float().mean()
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -162,10 +169,22 @@ class GANTrainer(Base):
         return {"loss_d": m[0], "loss_g": m[1], "d_real": m[2], "d_fake": m[3]}
 
     @torch.no_grad()
+    def update_ema(self) -> None:
+        ema_p, p = list(self.G_ema.parameters()), list(self.G.parameters())
+        torch._foreach_lerp_(ema_p, p, 1 - self.cfg.g_ema)
+        for eb, b in zip(self.G_ema.buffers(), self.G.buffers()):  # BatchNorm's running statistics: G's own
+            eb.copy_(b)
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        return self.G_ema if self.G_ema is not None else self.G
+
+    @torch.no_grad()
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        self.G.eval()
-        out = torch.cat([self.G(self.prep(c)).float() for c in z.split(256)])
-        self.G.train()
+        G = self.sampler
+        G.eval()
+        out = torch.cat([G(self.prep(c)).float() for c in z.split(256)])
+        G.train()
         return out
 
     def fid_metric(self, fake_u8: torch.Tensor) -> dict[str, float]:
@@ -222,12 +241,16 @@ class GANTrainer(Base):
 
     def state(self) -> dict:
         return {
-            "G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
+            # "G" holds the weights that sample (what export takes); with g_ema the trained ones are "G_train"
+            "G": self.sampler.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
+            **({"G_train": self.G.state_dict()} if self.G_ema is not None else {}),
             "opt_d": self.opt_d.state_dict(), "strikes": torch.tensor([self.strikes["d_wins"], self.strikes["collapse"]]),
         }
 
     def load_state(self, s: dict) -> None:
-        self.G.load_state_dict(s["G"])
+        self.G.load_state_dict(s.get("G_train", s["G"]))
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(s["G"])
         self.D.load_state_dict(s["D"])
         self.opt_g.load_state_dict(s["opt_g"])
         self.opt_d.load_state_dict(s["opt_d"])
