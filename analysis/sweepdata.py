@@ -14,6 +14,7 @@ import re
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -99,14 +100,14 @@ def knee(points: dict[str, tuple[float, ...]], modes: tuple[str, ...]) -> str:
     keys = sorted(points)
     cols = list(zip(*(points[k] for k in keys)))
 
-    def scaled(i: int, v: float) -> float:
-        lo, hi = min(cols[i]), max(cols[i])
-        x = 0.0 if hi == lo else (v - lo) / (hi - lo)
-        return x if modes[i] == "min" else 1.0 - x
+    def scaled(i: int, v: float) -> Fraction:  # exact: equal distances tie exactly, never by float rounding
+        lo, hi, x = Fraction(min(cols[i])), Fraction(max(cols[i])), Fraction(v)
+        x = Fraction(0) if hi == lo else (x - lo) / (hi - lo)
+        return x if modes[i] == "min" else 1 - x
 
-    def dist(k: str) -> tuple[float, float]:
+    def dist(k: str) -> tuple[Fraction, float]:
         first = points[k][0] if modes[0] == "min" else -points[k][0]
-        return (sum(scaled(i, v) ** 2 for i, v in enumerate(points[k])), first)
+        return (sum((scaled(i, v) ** 2 for i, v in enumerate(points[k])), Fraction(0)), first)
 
     return min(keys, key=dist)
 
