@@ -49,11 +49,64 @@ def test_guided_sampler_formula_and_seed() -> None:
     a, kept = GuidedSampler(Recorder(), s).sample(labels, 0.0, generator=g1, keep_at=(10, 5, 0))
     b, _ = GuidedSampler(Recorder(), s).sample(labels, 2.0, generator=g2)
     assert set(kept) == {10, 5, 0} and torch.equal(kept[0], a)
-    # w=0 uses eps=1 throughout, w=2 uses (1+2)*1 - 2*3 = -3: the two differ deterministically
-    assert not torch.allclose(a, b)
+    # w=0 uses eps = 1 throughout, w=2 eps = (1+2)*1 - 2*3 = -3: each chain is the reverse update with that constant
+    # eps and the generator's draws (x_T first, then one z per step above t = 1), computed here in float64
+    assert torch.allclose(a, chain_by_hand(s, 1.0, labels, 0), atol=1e-5)
+    assert torch.allclose(b, chain_by_hand(s, -3.0, labels, 0), atol=1e-5)
     g3 = torch.Generator().manual_seed(0)
     a2, _ = GuidedSampler(Recorder(), s).sample(labels, 0.0, generator=g3)
     assert torch.equal(a, a2)
+
+
+def chain_by_hand(s: NoiseSchedule, eps: float, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """The reverse chain x_{t-1} = (x_t - eps beta_t / sqrt(1 - abar_t)) / sqrt(alpha_t) + sqrt(beta_t) z_t with a
+    constant eps, betas linear from 1e-4 to 0.02 over t = 0..T (the reference's formula), in float64."""
+    g = torch.Generator().manual_seed(seed)
+    n, T = labels.shape[0], s.T
+    x = torch.randn((n, 3, 28, 28), generator=g).double()
+    beta = [1e-4 + (0.02 - 1e-4) * t / T for t in range(T + 1)]
+    abar = [math.prod(1 - b for b in beta[: t + 1]) for t in range(T + 1)]
+    for t in range(T, 0, -1):
+        z = torch.randn((n, 3, 28, 28), generator=g).double() if t > 1 else torch.zeros_like(x)
+        x = (x - eps * beta[t] / math.sqrt(1 - abar[t])) / math.sqrt(1 - beta[t]) + math.sqrt(beta[t]) * z
+    return x.float()
+
+
+class Affine(torch.nn.Module):
+    """eps(x, c) = 0.5 x + (c + 1) for conditional rows, eps(x, none) = 0.5 x - 3 for unconditional ones; records
+    each call's t and drop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, c, t, drop):
+        self.calls.append((t.flatten().clone(), drop.clone()))
+        d = drop[:, None, None, None]
+        return 0.5 * x + (1 - d) * (c + 1.0)[:, None, None, None] - 3.0 * d
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5, 2.0])
+def test_guided_step_is_the_closed_form_guidance_combination(w) -> None:
+    """One reverse step from t = T with eps = (1 + w) eps_cond - w eps_uncond, computed by hand:
+    (1 + w)(0.5 x + c + 1) - w (0.5 x - 3) = 0.5 x + (1 + w)(c + 1) + 3 w. A formula with another weighting, the
+    halves swapped or the labels mixed up between rows gives another x_{T-1}."""
+    T = 8
+    s = NoiseSchedule(T)
+    labels = torch.tensor([0, 3, 7])
+    net = Affine()
+    _, kept = GuidedSampler(net, s).sample(labels, w, generator=torch.Generator().manual_seed(1), keep_at=(T - 1,))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((3, 3, 28, 28), generator=g).double()
+    z = torch.randn((3, 3, 28, 28), generator=g).double()
+    eps = 0.5 * x + (1 + w) * (labels.double() + 1)[:, None, None, None] + 3 * w
+    beta = [1e-4 + (0.02 - 1e-4) * t / T for t in range(T + 1)]
+    abar_T = math.prod(1 - b for b in beta)
+    want = (x - eps * beta[T] / math.sqrt(1 - abar_T)) / math.sqrt(1 - beta[T]) + math.sqrt(beta[T]) * z
+    assert torch.allclose(kept[T - 1].double(), want, atol=1e-5), (kept[T - 1].double() - want).abs().max()
+    t0, drop0 = net.calls[0]
+    assert torch.allclose(t0, torch.full_like(t0, 1.0)) and len(net.calls) == T  # t / T = 1 at the first step
+    assert drop0.tolist() == ([0.0] * 3 if w == 0 else [0.0] * 3 + [1.0] * 3)  # w = 0: the conditional half only
 
 
 def test_ddpm_net_shapes() -> None:
