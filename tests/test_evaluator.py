@@ -55,6 +55,49 @@ def test_gan_trial_reports_fid_when_weights_are_given(tmp_path, cache_dir) -> No
     assert list((cache_dir / "fid").glob("fid_stats_*_64_*.npz"))  # real statistics cached for the next trial
 
 
+def test_in_loop_fid_is_the_frechet_distance_of_the_features(tmp_path, monkeypatch) -> None:
+    """trainables.fid.fid_for (the GAN trial's FID: real statistics cached, generated ones fresh, Frechet distance)
+    with Inception replaced by a fixed random projection of the pixels (tests/test_fid.py checks the network
+    against pytorch-fid; this is about what FID is computed from): a set against itself is ~0, and against a
+    brightened copy or other images the value equals the Frechet distance computed here from the projected
+    features with numpy and scipy's sqrtm, not gentune's closed form."""
+    from types import SimpleNamespace
+
+    from scipy.linalg import sqrtm
+
+    from trainables.fid import fid_for
+    from trainables.metrics import fid as F
+
+    proj = torch.randn(3 * 8 * 8, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def features(images) -> np.ndarray:
+        return (torch.as_tensor(images).double().flatten(1) / 255) @ proj
+
+    monkeypatch.setattr(F, "build_inception", lambda dims, weights, device: "projection")
+    monkeypatch.setattr(F, "inception_features", lambda model, images, **kw: features(images).numpy())
+    (tmp_path / "weights.pth").write_bytes(b"any file: its hash names the cached statistics")
+    g = torch.Generator().manual_seed(0)
+    real_u8 = torch.randint(0, 256, (200, 3, 8, 8), generator=g, dtype=torch.uint8)  # 200 > 64 dims: full rank
+    real = ImageSet(real_u8, None, content_fingerprint(real_u8, None), "fid-test")
+    trainer = SimpleNamespace(cfg=SimpleNamespace(fid_dims=64, cache_dir=str(tmp_path / "cache")),
+                              fid_weights=str(tmp_path / "weights.pth"), device=torch.device("cpu"), quiet=True)
+
+    def frechet(a_u8, b_u8) -> float:
+        fa, fb = features(a_u8).numpy(), features(b_u8).numpy()
+        ma, mb = fa.mean(0), fb.mean(0)
+        ca, cb = (fa - ma).T @ (fa - ma) / (len(fa) - 1), (fb - mb).T @ (fb - mb) / (len(fb) - 1)
+        return float(((ma - mb) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(sqrtm(ca @ cb).real))
+
+    brighter = (real_u8.int() + 60).clamp(0, 255).to(torch.uint8)
+    other = torch.randint(0, 128, (150, 3, 8, 8), generator=g, dtype=torch.uint8)
+    scale = float(np.trace(np.cov(features(real_u8).numpy(), rowvar=False)))
+    assert abs(fid_for(trainer, real, real_u8)["fid"]) < 1e-9 * scale
+    for fake in (brighter, other, real_u8[:100]):
+        want = frechet(real_u8, fake)
+        assert want > 1e-3 * scale and fid_for(trainer, real, fake)["fid"] == pytest.approx(want, rel=1e-6)
+    assert len(list((tmp_path / "cache" / "fid").glob("fid_stats_*_64_*.npz"))) == 1  # the real statistics, cached
+
+
 def test_fid_on_without_weights_fails_before_training(tmp_path, monkeypatch) -> None:
     from trainables.errors import GentuneError
     from trainables.loop import fit
