@@ -24,12 +24,49 @@ def test_throughput_quick_prints_ratios(tmp_path, cache_dir):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     for fam in ("data", "dann"):
-        m = re.search(rf"^ratio {fam}: (\d+\.\d+) \(gentune / reference", p.stdout, re.MULTILINE)
-        assert m, p.stdout
-        assert float(m.group(1)) > 0
+        m = re.search(rf"^ratio {fam}: (\d+\.\d+) \(gentune / reference.*median of (\d+) paired repeats, "
+                      rf"range (\d+\.\d+)-(\d+\.\d+)\)", p.stdout, re.MULTILINE)
+        t = re.search(rf"^{fam} .*: reference ([\d,.]+) img/s, gentune ([\d,.]+) img/s", p.stdout, re.MULTILINE)
+        assert m and t, p.stdout
+        ratio, repeats, lo, hi = float(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))
+        ref, gen = (float(x.replace(",", "")) for x in t.groups())
+        assert lo <= ratio <= hi, m.group(0)
+        if repeats == 1:  # one paired repeat (dann under --quick): the ratio is its two printed timings' quotient
+            tol = 0.005 + gen / ref * (0.05 / ref + 0.05 / gen) + 1e-9  # printed to 2 and 1 decimals
+            assert abs(ratio - gen / ref) <= tol, (t.group(0), m.group(0))
+            assert lo == hi == ratio
     assert "| family | workload |" in p.stdout
     text = results.read_text()
     assert "commit" in text and "| data |" in text and "| dann |" in text
+
+
+def test_ratio_is_each_repeats_gentune_over_reference_rate_and_their_median(monkeypatch):
+    """benchmarks.throughput.compare on a fake clock: each repeat's img/s is images / seconds of that call, the
+    ratio gentune / reference per repeat, the printed ratio their median and the range their min-max, all
+    computed here by hand from the durations."""
+    from types import SimpleNamespace
+
+    from benchmarks import throughput as tp
+
+    clock = [0.0]
+    monkeypatch.setattr(tp, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def workload(seconds: list[float], images: int):
+        it = iter(seconds)
+
+        def run() -> int:
+            clock[0] += next(it)
+            return images
+        return run
+
+    # warm-up call first, then three timed repeats (order ref/gen, gen/ref, ref/gen: each takes its next duration)
+    ref = workload([9.0, 2.0, 4.0, 1.0], 10)  # 5, 2.5, 10 img/s
+    gen = workload([9.0, 0.5, 2.0, 4.0], 20)  # 40, 10, 5 img/s: median ratio 4, ratio of medians 2
+    row = tp.compare(tp.Row("x", "workload", 10), ref, gen, 3, torch.device("cpu"))
+    assert row.ref == [5.0, 2.5, 10.0] and row.gen == [40.0, 10.0, 5.0]
+    assert row.ratios == [8.0, 4.0, 0.5]
+    b = SimpleNamespace(rows=[row])
+    assert tp.Bench.table(b)[2] == "| x | workload | 10 | 5.0 | 10.0 | 4.00 | 0.50-8.00 | 3 |"
 
 
 def test_reference_gan_step_matches_the_tutorial_shapes():
