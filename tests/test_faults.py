@@ -80,8 +80,35 @@ def test_nan_and_collapse_stop_within_the_first_epoch(cache_dir):
     gan = {"epochs": 3, "steps_per_epoch": 2, "batch_size": 8, "n_eval": 8, "fid": "off"}
     reason, epochs = _run("gan", {**gan, "lr_g": 1e30, "lr_d": 1e30})
     assert reason is not None and reason.startswith("diverged:") and "not finite" in reason and epochs == [1]
-    reason, epochs = _run("gan", {**gan, "collapse_diversity": 10.0, "rules_after": 0, "patience": 1})
-    assert reason == "mode collapse" and epochs == [1]
+
+
+def test_collapse_rule_at_its_default_threshold_tells_a_collapsed_generator_from_a_varied_one(cache_dir, monkeypatch):
+    """The collapse rule with the shipped collapse_diversity (0.05 of the real images' diversity): a generator whose
+    samples are all one image (every evaluation draws G(z_0) for all z) is stopped as "mode collapse" at its first
+    evaluation; one whose samples are real training images (diversity ~1) runs all its epochs."""
+    from trainables.gan import GANTrainer
+
+    generate = GANTrainer.generate
+    gan = {"epochs": 2, "steps_per_epoch": 1, "batch_size": 8, "n_eval": 8, "fid": "off", "width": 8, "rules_after": 0,
+           "patience": 1}
+    monkeypatch.setattr(GANTrainer, "generate", lambda self, z: generate(self, z[:1].expand_as(z).contiguous()))
+    assert _run("gan", gan) == ("mode collapse", [1])
+    seen, trainers = [], []
+
+    def real_images(self, z):
+        trainers.append(self)
+        return self.train_set.batch(torch.arange(len(z))).float()
+
+    monkeypatch.setattr(GANTrainer, "generate", real_images)
+    assert fit("gan", gan, lambda e: seen.append(e), quiet=True) is None and [e.epoch for e in seen] == [1, 2]
+
+    def spread(x: torch.Tensor) -> float:  # mean pairwise L2 distance at half resolution, by hand
+        v = torch.nn.functional.avg_pool2d(x.double(), 2).flatten(1)
+        return sum(float((v[i] - v[j]).norm()) for i in range(len(v)) for j in range(len(v)) if i != j) / (len(v) * (len(v) - 1))
+
+    ts = trainers[0].train_set
+    want = spread(ts.batch(torch.arange(8)).float()) / spread(ts.batch(torch.arange(min(128, len(ts)))).float())
+    assert seen[-1].metrics["diversity"] == pytest.approx(want, rel=1e-4) and want > 0.05
 
 
 def test_nonfinite_tensor_names_the_first_bad_weight():
