@@ -39,7 +39,8 @@ SPEC = ROOT / "search" / "specs" / "quickstart.yaml"
 R1_GAMMA, NOISE = 1.0, 0.1
 # every recipe names each key it varies, so that runs from earlier invocations are reused only where they trained
 # exactly this; the first five start from the model A start point as it was before the regularisers (lr_d 1e-4)
-OFF = {"augment": "none", "augment_policy": "color,translation,cutout", "r1_gamma": 0.0, "instance_noise": 0.0, "lr_d": 1e-4}
+OFF = {"augment": "none", "augment_policy": "color,translation,cutout", "r1_gamma": 0.0, "instance_noise": 0.0,
+       "lr_d": 1e-4, "g_ema": 0.0}
 RECIPES = {
     "base": OFF,
     "augment": {**OFF, "augment": "diffaugment"},

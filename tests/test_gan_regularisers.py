@@ -193,3 +193,34 @@ def test_quickstart_gan_study_as_written_learns_model_a(tmp_path, cache_dir, see
     assert a.params["augment"] == "diffaugment" and a.status == "FINISHED" and not a.stop_reason
     assert a.value("face_rate") >= 0.5, f"model A face rate {a.value('face_rate')} at seed {seed}"
     assert a.value("diversity") >= 0.5
+
+
+def test_g_ema_is_the_moving_average_and_what_samples_and_exports(cache_dir):
+    """After one step the sampling generator's weights are d * before + (1 - d) * G's new weights; state()
+    gives them as "G" (what export takes) and the trained ones as "G_train"; load_state restores both."""
+    from trainables.gan import GANTrainer
+
+    cfg = from_flat(GANConfig, {"width": 8, "batch_size": 8, "n_eval": 8, "fid": "off", "g_ema": 0.75, "epochs": 1})
+    torch.manual_seed(0)
+    tr = GANTrainer(cfg, quiet=True)
+    before = {k: v.clone() for k, v in tr.G.state_dict().items()}
+    tr.step(tr.train_set.batch(torch.arange(8)))
+    after = tr.G.state_dict()
+    ema = tr.G_ema.state_dict()
+    for k, v in ema.items():
+        if v.is_floating_point() and "running" not in k:  # weights averaged; BatchNorm statistics copied
+            assert torch.allclose(v, 0.75 * before[k] + 0.25 * after[k], atol=1e-6), k
+        else:
+            assert torch.equal(v, after[k]), k
+    s = tr.state()
+    assert set(s["G"]) == set(after) and all(torch.equal(s["G"][k], ema[k]) for k in ema)
+    assert all(torch.equal(s["G_train"][k], after[k]) for k in after)
+    torch.manual_seed(1)
+    other = GANTrainer(cfg, quiet=True)
+    other.load_state(s)
+    assert all(torch.equal(other.G.state_dict()[k], after[k]) for k in after)
+    assert all(torch.equal(other.G_ema.state_dict()[k], ema[k]) for k in ema)
+    z = torch.randn(4, 100, 1, 1)
+    with torch.no_grad():
+        expected = tr.G_ema.eval()(z)
+    assert torch.allclose(tr.generate(z), expected)
