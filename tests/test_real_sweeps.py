@@ -78,8 +78,8 @@ def test_set_that_contradicts_a_when_drops_that_domain_and_its_start_point() -> 
     """`--set model=A` on a spec that searches model B's label ranges: those go (one note each), and so does
     the start point written for model B; the same contradiction written in the spec stays an error."""
     st = load_spec(SPECS / "quickstart.yaml", ["model=A"]).studies[0]
-    assert [d.key for d in st.search] == ["lr_g", "lr_d", "d_optimizer"]
-    assert st.start_from == ({"lr_g": 4.0e-4, "lr_d": 1.0e-4, "d_optimizer": "adam"},)
+    assert [d.key for d in st.search] == ["augment", "g_ema", "lr_g", "lr_d", "d_optimizer"]
+    assert st.start_from == ({"augment": "diffaugment", "g_ema": 0.99, "lr_g": 4.0e-4, "lr_d": 2.0e-4, "d_optimizer": "adam"},)
     assert "search.real_label_lo dropped: it is searched when model=B, and --set fixed model=A" in st.notes
 
 
