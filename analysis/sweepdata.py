@@ -216,19 +216,8 @@ def check_store(uri: str, source: str) -> None:
     if db is not None:
         if not db.is_file():
             raise GentuneError(f"MLflow store {db} (from {source}) does not exist")
-        try:
-            con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-            try:
-                ok = con.execute("PRAGMA quick_check").fetchone()[0]
-                if ok == "ok":
-                    con.execute("SELECT experiment_id, artifact_location FROM experiments LIMIT 1").fetchall()
-                    con.execute("SELECT run_uuid, artifact_uri FROM runs LIMIT 1").fetchall()
-            finally:
-                con.close()
-        except sqlite3.Error as e:
-            raise GentuneError(f"MLflow store {db} is not a readable MLflow database ({first_line(e)})") from None
-        if ok != "ok":
-            raise GentuneError(f"MLflow store {db} is damaged (SQLite integrity check: {str(ok)[:200]})")
+        check_sqlite(db, {"experiments": "experiment_id, artifact_location", "runs": "run_uuid, artifact_uri"},
+                     f"an MLflow database (the store named by {source})", GentuneError)
         return
     scheme = urlparse(uri).scheme.split("+")[0]
     if scheme in ("http", "https") or scheme in _DB_SCHEMES:
