@@ -184,7 +184,7 @@ def test_quickstart_gan_study_as_written_learns_model_a(tmp_path, cache_dir, see
     raw = yaml.safe_load((SPECS / "quickstart.yaml").read_text())
     raw["studies"] = [s for s in raw["studies"] if s["name"] == "gan"]
     spec = tmp_path / "gan-only.yaml"
-    spec.write_text(yaml.safe_dump(raw))
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))  # the search order matters (`when` names earlier keys)
     gentune("sweep", str(spec), "--storage", str(tmp_path), "--set", f"seed={seed}", "--quiet", timeout=1200)
     root = tmp_path / raw["name"]
     assert json.loads((root / "sweep.json").read_text())["state"] == "finished"
