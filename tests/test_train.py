@@ -27,7 +27,9 @@ def epochs_logged(out: Path) -> list[int]:
     # epochs long enough (each one evaluated) that SIGINT lands before the last one
     # all three in the slow set (DANN 48 s, GAN 22 s, DDPM 30 s on 2 cores): the default run stays under 10 minutes
     pytest.param("dann", ["--set", "steps_per_epoch=20", "--set", "eval_every=1"], marks=pytest.mark.slow),
-    pytest.param("gan", ["--set", "steps_per_epoch=20", "--set", "eval_every=1"], marks=pytest.mark.slow),
+    # gan.yaml's model A at smoke sizes loses to its discriminator by epoch 3 (D(G(z)) 0.03): the rule that stops
+    # such a trial is off here, where what is tested is the resume
+    pytest.param("gan", ["--set", "steps_per_epoch=20", "--set", "eval_every=1", "--set", "d_won_fake=0"], marks=pytest.mark.slow),
     pytest.param("ddpm", ["--set", "steps_per_epoch=4", "--set", "eval_every=1"], marks=pytest.mark.slow),
 ])
 def test_ctrl_c_then_rerun_resumes(family, extra, tmp_path, cache_dir) -> None:
