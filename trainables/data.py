@@ -51,12 +51,17 @@ class ImageSet:
         return self.images[idx].float().div_(127.5).sub_(1.0)
 
 
+def epoch_steps(n: int, batch_size: int, steps: int) -> int:
+    """How many batches `batches` yields in an epoch: `steps`, or one pass (at least one batch) when 0."""
+    return steps or max(1, n // min(batch_size, n))
+
+
 def batches(n: int, batch_size: int, steps: int, device: torch.device | str, generator: torch.Generator | None = None):
     """Index tensors for one epoch: a fresh permutation, `steps` batches (0 = one pass, last partial dropped
     unless it is the only one). Permutations repeat when steps exceed one pass."""
     bs = min(batch_size, n)
     per_pass = max(1, n // bs)
-    total = steps or per_pass
+    total = epoch_steps(n, batch_size, steps)
     done = 0
     while done < total:
         perm = torch.randperm(n, device=device, generator=generator)

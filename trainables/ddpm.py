@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models.ddpm import DDPM, GuidedSampler, NoiseSchedule
-from trainables.common import Base, to_uint8
+from trainables.common import Base, ema_update, to_uint8
 from trainables.config import DDPMConfig
 from trainables.data import batches
 from trainables.device import autocast
@@ -133,21 +133,13 @@ class DDPMTrainer(Base):
             loss.backward()
             self.opt.step()
             if self.ema is not None:
-                self.update_ema()
+                ema_update(self.ema, self.model, self.cfg.ema_decay)
             total += loss.detach()
             steps += 1
             if i % 10 == 0:
                 check_finite(loss=loss)
         check_finite(loss=total)
         return {"loss": float(total) / steps, "lr": self.opt.param_groups[0]["lr"]}
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        d = self.cfg.ema_decay
-        ema_p, p = list(self.ema.parameters()), list(self.model.parameters())
-        torch._foreach_lerp_(ema_p, p, 1 - d)
-        for eb, b in zip(self.ema.buffers(), self.model.buffers()):
-            eb.copy_(b)
 
     @property
     def sampler_model(self):

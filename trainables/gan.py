@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from models.augment import diff_augment
 from models.gan import NZ, build_gan
-from trainables.common import Base, to_uint8
+from trainables.common import Base, ema_update, to_uint8
 from trainables.config import GANConfig, augment_policy
-from trainables.data import batches
+from trainables.data import batches, epoch_steps
 from trainables.device import autocast
 from trainables.loop import check_finite
 
@@ -108,8 +108,7 @@ class GANTrainer(Base):
         g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
         self.fixed_noise = torch.randn(cfg.n_eval, NZ, 1, 1, generator=g).to(self.device)  # same noise every evaluation
         self.policy = augment_policy(cfg)
-        n = len(self.train_set)
-        self.steps_per_epoch = cfg.steps_per_epoch or max(1, n // min(cfg.batch_size, n))  # as data.batches counts them
+        self.steps_per_epoch = epoch_steps(len(self.train_set), cfg.batch_size, cfg.steps_per_epoch)
         self.strikes = {"d_wins": 0, "collapse": 0}
         self.real_div: float | None = None
         self._last_eval: torch.Tensor | None = None
@@ -150,7 +149,7 @@ class GANTrainer(Base):
         loss_g.backward()
         self.opt_g.step()
         if self.G_ema is not None:
-            self.update_ema()
+            ema_update(self.G_ema, self.G, self.cfg.g_ema)
         return loss_d.detach(), loss_g.detach(), p_real.detach().float().mean(), p_fake.detach().float().mean()
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -167,13 +166,6 @@ class GANTrainer(Base):
         check_finite(loss_d=sums[0], loss_g=sums[1])
         m = (sums / steps).tolist()
         return {"loss_d": m[0], "loss_g": m[1], "d_real": m[2], "d_fake": m[3]}
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        ema_p, p = list(self.G_ema.parameters()), list(self.G.parameters())
-        torch._foreach_lerp_(ema_p, p, 1 - self.cfg.g_ema)
-        for eb, b in zip(self.G_ema.buffers(), self.G.buffers()):  # BatchNorm's running statistics: G's own
-            eb.copy_(b)
 
     @property
     def sampler(self) -> torch.nn.Module:
