@@ -152,9 +152,12 @@ class Writer:
     def _loop(self) -> None:
         offset = self._done()
         while True:
+            # read "stop" before the journal: close() comes after the driver's last append, so a stop seen here
+            # means the read below has every entry (checked after the read, a close racing it would lose them)
+            stopping = self.stop.is_set()
             entries = self._read(offset)
             if not entries:
-                if self.stop.is_set():
+                if stopping:
                     return
                 self.wake.wait(1.0)
                 self.wake.clear()

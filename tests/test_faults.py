@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import time
 
 import pytest
 import torch
@@ -182,3 +183,34 @@ def test_mlflow_callback_logs_each_epoch_once_across_a_driver_restart(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert sorted(m.step for m in c.get_metric_history(runs[0].info.run_id, "target_acc")) == [1, 2, 3]
     assert runs[0].data.tags["gentune.stop_reason"] == "completed"
+
+
+def test_writer_close_racing_an_empty_read_still_writes_everything(tmp_path, monkeypatch):
+    """The CI failure of stop 21: the writer thread read an empty journal, the driver appended its entries and
+    called close(), and the thread then saw "stop" and returned with the entries unwritten. The interleaving is
+    forced here: the thread's first read returns nothing and waits until close() has set stop."""
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import Writer, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = ensure_experiment(uri, "s", tmp_path / "art")
+    original, first = Writer._read, []
+
+    def late_read(self, offset):
+        out = original(self, offset)
+        if not first:
+            first.append(out)
+            assert self.stop.wait(30), "close() was never called"
+        return out
+
+    monkeypatch.setattr(Writer, "_read", late_read)
+    w = Writer(uri, exp, tmp_path / "spool", "s", "st")
+    time.sleep(0.2)  # the thread is in its first read, which found the journal empty
+    w.append({"op": "study", "run": "study", "name": "st", "tags": {"gentune.sweep": "s", "gentune.study": "st",
+                                                                    "gentune.kind": "study"}})
+    w.append({"op": "metrics", "run": "study", "step": 1, "ts": 1000, "values": {"trials_done": 1.0}})
+    assert w.close(30) == 0
+    assert first == [[]]
+    (run,) = MlflowClient(uri).search_runs([exp])
+    assert run.data.metrics == {"trials_done": 1.0}
