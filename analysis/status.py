@@ -187,7 +187,7 @@ def _outcome(state: str, reason: str, epoch: int | None, max_epochs: int | None,
         return "running"
     if state in ("PENDING", "PAUSED"):
         return "pending"
-    if reason.startswith("diverged") or reason == "mode collapse":
+    if reason.startswith("diverged") or reason.startswith("mode collapse"):
         return "diverged"
     if reason.startswith("early-stopped"):
         return "early-stopped"

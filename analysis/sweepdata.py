@@ -77,6 +77,8 @@ class Study:
     run_id: str | None  # the MLflow parent run of the study
     search: dict[str, Any] = field(default_factory=dict)  # the spec's search domains (raw YAML)
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of a multi-objective study's objectives
+    rank_by: str = "last"  # a trial's value: its last epoch's, or its best evaluated epoch's (budget.rank_by)
+    repeats: int = 1  # seeds per configuration (budget.repeats): a trial's metrics are their aggregate
 
 
 def better(a: float, b: float, mode: str) -> bool:
@@ -368,8 +370,12 @@ class Sweep:
                 o.split(":", 1) for o in tags.get("gentune.objectives", "").split(",") if ":" in o]
             family = (self.info.get("families") or {}).get(name) or tags.get("gentune.family", "")
             raw = spec_studies.get(name) or (next(iter(spec_studies.values())) if len(spec_studies) == 1 else {})
+            budget = raw.get("budget") or {}
+            rank_by = tags.get("gentune.rank_by") or ("last" if p is not None else budget.get("rank_by", "best"))
+            repeats = tags.get("gentune.repeats") or budget.get("repeats", 1)
             out[name] = Study(name, family, metric or "", mode or "max", p.info.run_id if p is not None else None,
-                              dict(raw.get("search") or {}), tuple((str(m), str(d)) for m, d in objectives))
+                              dict(raw.get("search") or {}), tuple((str(m), str(d)) for m, d in objectives),
+                              rank_by if rank_by in ("best", "last") else "last", int(repeats) if str(repeats).isdigit() else 1)
         return out
 
     def study(self, name: str | None) -> Study:
@@ -383,10 +389,9 @@ class Sweep:
             raise GentuneError(f"--study {name!r} is not in sweep {self.name}; it has {', '.join(self.studies) or 'none'}")
         return self.studies[name]
 
-    @cached_property
-    def all_trials(self) -> list[Trial]:
+    def _trials_of(self, kind: str) -> list[Trial]:
         out = []
-        for r in self._runs("trial"):
+        for r in self._runs(kind):
             t = r.data.tags
             out.append(Trial(
                 run_id=r.info.run_id, trial_id=t.get("gentune.trial_id", ""), study=t.get("gentune.study", ""),
@@ -396,6 +401,21 @@ class Sweep:
             ))
         out.sort(key=lambda tr: (tr.start_time, tr.trial_id))
         return out
+
+    @cached_property
+    def all_trials(self) -> list[Trial]:
+        return self._trials_of("trial")
+
+    @cached_property
+    def _seed_runs(self) -> dict[str, list[Trial]]:
+        out: dict[str, list[Trial]] = {}
+        for t in self._trials_of("seed"):  # trial id "<configuration's trial id>:s<seed>"
+            out.setdefault(t.trial_id.rpartition(":s")[0], []).append(t)
+        return {k: sorted(v, key=lambda t: int(t.params.get("seed", 0))) for k, v in out.items()}
+
+    def seeds(self, trial: Trial) -> list[Trial]:
+        """The runs of each seed of a configuration repeated over seeds (budget.repeats), by seed; [] otherwise."""
+        return self._seed_runs.get(trial.trial_id, [])
 
     def trials(self, study: str | None = None) -> list[Trial]:
         return [t for t in self.all_trials if study is None or t.study == study]
@@ -418,29 +438,44 @@ class Sweep:
             self._history[key] = sorted(by_step.items())
         return self._history[key]
 
+    def best_epoch(self, trial: Trial, metric: str, mode: str) -> tuple[int, float] | None:
+        """(epoch, value) of the trial's best evaluated epoch; of equal values the latest (the checkpoint Tune
+        keeps as best: of equal scores, the later one)."""
+        best = None
+        for epoch, v in self.history(trial, metric):
+            if math.isfinite(v) and (best is None or not better(best[1], v, mode)):
+                best = (epoch, v)
+        return best
+
     def best_value(self, trial: Trial, metric: str, mode: str) -> float | None:
-        vals = [v for _, v in self.history(trial, metric) if math.isfinite(v)]
-        if not vals:
-            return None
-        return min(vals) if mode == "min" else max(vals)
+        b = self.best_epoch(trial, metric, mode)
+        return None if b is None else b[1]
+
+    def score(self, trial: Trial, metric: str, mode: str, rank_by: str) -> float | None:
+        """The trial's value by `rank_by`: its last epoch's (`last`) or its best evaluated epoch's (`best`)."""
+        return trial.value(metric) if rank_by == "last" else self.best_value(trial, metric, mode)
 
     def finished(self, study: str, metric: str) -> list[Trial]:
         """Trials that ran to their end (completed or stopped early by ASHA, not diverged/failed) with `metric`."""
         return [t for t in self.trials(study) if t.status == "FINISHED" and t.value(metric) is not None]
 
     def best_trial(self, study: str, metric: str | None = None, mode: str | None = None,
-                   where: dict[str, Any] | None = None) -> Trial | None:
-        """The finished trial with the best final `metric` (the one its last checkpoint holds)."""
+                   where: dict[str, Any] | None = None, rank_by: str | None = None) -> Trial | None:
+        """The finished trial with the best `metric` by the study's rank_by (its last epoch's value, or its best
+        epoch's: the two checkpoints a trial keeps). A repeated configuration's metric is its seeds' aggregate."""
         st = self.studies[study]
-        metric, mode = metric or st.metric, mode or st.mode
-        best = None
-        tagged = self.best_tags.get(study) if (metric, mode) == (st.metric, st.mode) else None
+        metric, mode, rank_by = metric or st.metric, mode or st.mode, rank_by or st.rank_by
+        best, best_v = None, None
+        tagged = self.best_tags.get(study) if (metric, mode, rank_by) == (st.metric, st.mode, st.rank_by) else None
         for t in self.finished(study, metric):
             if where and any(t.params.get(k) != v for k, v in where.items()):
                 continue
-            if best is None or better(t.value(metric), best.value(metric), mode):  # type: ignore[arg-type]
-                best = t
-            elif t.value(metric) == best.value(metric) and t.trial_id == tagged:
+            v = self.score(t, metric, mode, rank_by)
+            if v is None:
+                continue
+            if best is None or better(v, best_v, mode):  # type: ignore[arg-type]
+                best, best_v = t, v
+            elif v == best_v and t.trial_id == tagged:
                 best = t  # a tie: the trial the sweep itself named best
         return best
 
@@ -474,21 +509,38 @@ class Sweep:
                 out[tid] = d
         return out
 
-    def checkpoint_path(self, trial: Trial) -> Path:
-        """The trial's latest checkpoint file (highest checkpoint_<n> holding checkpoint.pt)."""
+    def checkpoint_dirs(self, trial: Trial) -> list[Path]:
+        """The trial's checkpoint folders, oldest first (checkpoint_<n> holding checkpoint.pt, or seed_<s>.pt files
+        of a configuration repeated over seeds): its last and, scored, its best."""
         d = self.trial_dirs(trial.study).get(trial.trial_id)
         if d is None:
             raise CheckpointError(f"trial {trial.trial_id}: no Ray trial folder for it under {self.root / trial.study}")
-        ckpts = sorted((int(m.group(1)), p) for p in d.iterdir()
-                       if (m := _CKPT_DIR.match(p.name)) and (p / CHECKPOINT).exists())  # a folder there: load says so
+        ckpts = sorted((int(m.group(1)), p) for p in d.iterdir()  # a folder where a file should be: load says so
+                       if (m := _CKPT_DIR.match(p.name)) and ((p / CHECKPOINT).exists() or any(p.glob("seed_*.pt"))))
         if not ckpts:
             raise CheckpointError(f"trial {trial.trial_id}: no checkpoint_*/{CHECKPOINT} in {d}")
-        return ckpts[-1][1] / CHECKPOINT
+        return [p for _, p in ckpts]
 
-    def load_checkpoint(self, trial: Trial) -> dict[str, Any]:
+    def checkpoint_path(self, trial: Trial, seed: int | None = None) -> Path:
+        """The trial's latest checkpoint file (of `seed`, for a configuration repeated over seeds)."""
+        return self.checkpoint_dirs(trial)[-1] / (CHECKPOINT if seed is None else f"seed_{seed}.pt")
+
+    def load_checkpoint(self, trial: Trial, epoch: int | None = None, seed: int | None = None) -> dict[str, Any]:
+        """The trial's checkpoint: its last, or the one of `epoch` (the best a scored trial keeps); of `seed`."""
         from trainables.checkpoint import load_checkpoint
 
-        return load_checkpoint(self.checkpoint_path(trial), trial.family or None)
+        name = CHECKPOINT if seed is None else f"seed_{seed}.pt"
+        dirs = self.checkpoint_dirs(trial)
+        if epoch is None:
+            return load_checkpoint(dirs[-1] / name, trial.family or None)
+        kept = []
+        for d in reversed(dirs):
+            ckpt = load_checkpoint(d / name, trial.family or None)
+            if int(ckpt.get("epoch", -1)) == epoch:
+                return ckpt
+            kept.append(str(ckpt.get("epoch")))
+        raise CheckpointError(f"trial {trial.trial_id}: no checkpoint of epoch {epoch} is kept (epochs kept: "
+                              f"{', '.join(kept)}); a sweep that ranks by the last epoch keeps only the last")
 
 
 def all_runs(client, experiment_id: str, filter_string: str = "", **kw) -> list:

@@ -18,11 +18,14 @@ from trainables.errors import SpecError
 from trainables.config import DataConfig, flat_keys, from_flat, to_flat
 from trainables.families import Family, config_class, known
 from trainables.families import family as family_of
+from trainables.loop import AGGREGATES
 
 DOMAIN_KINDS = ("loguniform", "uniform", "int", "choice")
 STUDY_KEYS = ("name", "family", "config", "search", "start_from", "metric", "mode", "budget", "resources", "concurrency", "smoke")
 SWEEP_KEYS = ("name", "seed", "storage", "tracking_uri", "experiment", "studies", "max_failures")
-BUDGET_KEYS = ("trials", "scheduler", "searcher", "grace_period", "reduction_factor", "perturbation_interval", "time_budget_s")
+BUDGET_KEYS = ("trials", "scheduler", "searcher", "grace_period", "reduction_factor", "perturbation_interval", "time_budget_s",
+               "repeats", "aggregate", "rank_by")
+RANK_BY = ("best", "last")  # a trial's value: its best evaluated epoch (whose checkpoint is kept) or its last
 # asha: stop weak trials at evaluated epochs; fifo: every trial runs all its epochs; pbt: population-based
 # training (the GAN family): at evaluated epochs the worst trials continue from the best ones' checkpoints
 # with perturbed learning rates and label ranges
@@ -74,6 +77,9 @@ class Study:
     searcher: str = "tpe"  # one of SEARCHERS; "random" is Tune's own sampling under pbt
     perturbation_interval: int = 0  # pbt: epochs between exploit/explore steps (a multiple of eval_every)
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of each objective; metric/mode are the first
+    repeats: int = 1  # seeds per configuration (its seed + 0..repeats-1), judged by their aggregate
+    aggregate: str = "mean"  # one of trainables.loop.AGGREGATES
+    rank_by: str = "best"  # one of RANK_BY
 
     @property
     def epochs(self) -> int:
@@ -303,6 +309,18 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     if len(objectives) > 1 and sched != "fifo":
         raise SpecError(f"budget.scheduler {sched}: it ranks trials on one metric, and this study has "
                         f"{len(objectives)} ({', '.join(m for m, _ in objectives)}); use scheduler fifo (the default then)")
+    repeats = _int("budget.repeats", budget.get("repeats", 1))
+    aggregate, rank_by = budget.get("aggregate", "mean"), budget.get("rank_by", "best" if len(objectives) == 1 else "last")
+    if aggregate not in AGGREGATES:
+        raise SpecError(f"budget.aggregate: {aggregate!r} is not an aggregate; expected one of {', '.join(AGGREGATES)}")
+    if rank_by not in RANK_BY:
+        raise SpecError(f"budget.rank_by: {rank_by!r}; expected one of {', '.join(RANK_BY)}")
+    if rank_by == "best" and len(objectives) > 1:
+        raise SpecError("budget.rank_by best: a multi-objective study ranks trials by their Pareto front of last values; "
+                        "use rank_by: last")
+    if repeats > 1 and sched == "pbt":
+        raise SpecError("budget.repeats: PBT copies one trial's weights into another; it cannot repeat configurations "
+                        "over seeds (use scheduler asha or fifo, or repeats: 1)")
     pi = _int("budget.perturbation_interval", budget.get("perturbation_interval", cfg.eval_every))
     if sched == "pbt":
         check_pbt(family, domains, searcher, pi, cfg)
@@ -315,7 +333,7 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     for name, val, ok in (("budget.trials", trials, trials >= 1), ("concurrency", conc, conc >= 1),
                           ("resources.cpu", cpu, cpu > 0), ("resources.gpu", gpu, gpu >= 0),
                           ("budget.grace_period", grace, grace >= 1), ("budget.reduction_factor", rf, rf >= 2),
-                          ("budget.time_budget_s", tb, tb >= 0)):
+                          ("budget.time_budget_s", tb, tb >= 0), ("budget.repeats", repeats, 1 <= repeats <= 100)):
         if not ok:
             raise SpecError(f"{name}: {val!r} is out of range")
     if "eval_every" in {d.key for d in domains} or "epochs" in {d.key for d in domains}:
@@ -337,7 +355,7 @@ def parse_study(raw: dict, defaults: dict, smoke: bool, index: int) -> Study:
     if len(starts) > trials:
         raise SpecError(f"start_from: {len(starts)} configurations but budget.trials is {trials}")
     return Study(name, family, config, domains, metric, mode, trials, grace, rf, tb, cpu, gpu, conc, auto, starts, tuple(notes),
-                 sched, searcher, pi if sched == "pbt" else 0, objectives)
+                 sched, searcher, pi if sched == "pbt" else 0, objectives, repeats, aggregate, rank_by)
 
 
 def parse_objectives(family: str, raw: dict, cfg) -> tuple[tuple[tuple[str, str], ...], bool]:

@@ -24,9 +24,36 @@ from search.spec import Domain, Spec, Study
 CHECKPOINT = "checkpoint.pt"
 
 
-def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = (), checkpoint_every: int = 1) -> None:
+RANK_SCORE = "rank_score"  # every checkpoint's score for Tune's CheckpointConfig: keeps the best one besides the last
+
+
+def seed_file(seed: int) -> str:
+    """A repeated configuration's checkpoint of one seed, beside the others in the trial's checkpoint folder."""
+    return f"seed_{seed}.pt"
+
+
+def load_trial_checkpoint(folder: Path, family: str) -> dict[str, Any]:
+    """The checkpoint in a trial's checkpoint folder: one run's (checkpoint.pt), or {seed: checkpoint} of a
+    configuration repeated over seeds (seed_<n>.pt each)."""
+    from trainables.checkpoint import load_checkpoint
+
+    seeds = sorted(int(p.name[5:-3]) for p in folder.glob("seed_*.pt") if p.name[5:-3].isdigit())
+    if seeds and not (folder / CHECKPOINT).exists():
+        return {s: load_checkpoint(folder / seed_file(s), family) for s in seeds}
+    return load_checkpoint(folder / CHECKPOINT, family)
+
+
+def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = (), checkpoint_every: int = 1,
+              repeats: int = 1, aggregate: str = "mean", rank: tuple[str, str] = ("", "max")) -> None:
     """The Tune function trainable: resume from Tune's checkpoint, report every epoch, with a checkpoint
     every `checkpoint_every` epochs (1; PBT's perturbation interval) and at the last.
+
+    With `repeats` > 1 the trial is a configuration trained with that many seeds (fit_repeated): it reports
+    their aggregate under each metric's name (what ASHA and the searcher judge), `<metric>_sd`, `n_seeds` and
+    `seeds` {seed: metrics}, and its checkpoint folder holds every seed's checkpoint.
+
+    Each checkpoint result carries RANK_SCORE, the `rank` metric's value at an evaluated epoch and the worst
+    possible value at any other, so that Tune keeps the best-scoring checkpoint as well as the last.
 
     Each checkpoint names the trial that wrote it and the trials its weights came from: under PBT a
     trial may be restored from another trial's checkpoint (with the `mutable` keys perturbed); its first
@@ -34,60 +61,88 @@ def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = ()
     from ray import tune
     from PIL import Image
 
-    from trainables.checkpoint import load_checkpoint, save_checkpoint
-    from trainables.loop import Epoch, fit
+    from trainables.checkpoint import save_checkpoint
+    from trainables.loop import Epoch, fit, fit_repeated
 
     me = tune.get_context().get_trial_id() or ""
     resume, lineage, came = None, [], {}
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            resume = load_checkpoint(Path(d) / CHECKPOINT, family)
-        lineage = [list(x) for x in resume.get("lineage", [])]
-        donor = resume.get("trial_id")
-        if donor and donor != me:
-            lineage.append([int(resume["epoch"]), str(donor)])
-            came = {"exploited_from": str(donor), "exploited_epoch": int(resume["epoch"])}
+            resume = load_trial_checkpoint(Path(d), family)
+        if repeats == 1:
+            lineage = [list(x) for x in resume.get("lineage", [])]
+            donor = resume.get("trial_id")
+            if donor and donor != me:
+                lineage.append([int(resume["epoch"]), str(donor)])
+                came = {"exploited_from": str(donor), "exploited_epoch": int(resume["epoch"])}
+    metric, mode = rank
+    worst = -math.inf if mode == "max" else math.inf
 
     def sink(e: Epoch) -> None:
         metrics = {**e.metrics, **came}
         came.clear()
+        if e.seeds:
+            metrics["seeds"] = {str(s): m for s, m in e.seeds.items()}
         if e.stop_reason:
             metrics["stop_reason"] = e.stop_reason
         if e.epoch % checkpoint_every and not e.stop_reason and e.epoch < int(config["epochs"]):
             tune.report(metrics)
             return
+        value = e.metrics.get(metric)
+        metrics[RANK_SCORE] = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else worst
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint({**e.checkpoint, "trial_id": me, "lineage": lineage}, Path(d) / CHECKPOINT)
+            if e.seeds:
+                for s, c in e.checkpoint.items():
+                    save_checkpoint({**c, "trial_id": me}, Path(d) / seed_file(s))
+            else:
+                save_checkpoint({**e.checkpoint, "trial_id": me, "lineage": lineage}, Path(d) / CHECKPOINT)
             if e.grid is not None:
                 Image.fromarray(e.grid.permute(1, 2, 0).numpy()).save(Path(d) / "samples.png")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    fit(family, config, sink, resume=resume, quiet=True, mutable=mutable)
+    if repeats > 1:
+        fit_repeated(family, config, repeats, sink, resume=resume, aggregate=aggregate, quiet=True)
+    else:
+        fit(family, config, sink, resume=resume, quiet=True, mutable=mutable)
 
 
-def evaluated_optuna_search(**kwargs):
-    """Ray's OptunaSearch, given only results that hold the ranking metric.
+def evaluated_optuna_search(max_epochs: int, **kwargs):
+    """Ray's OptunaSearch, told what really happened to each trial.
 
     Trials report every epoch (each report carries the epoch's checkpoint, so a trial resumes from
     its last epoch and MLflow gets every loss), but the metric only at evaluation epochs
     (`eval_every`). Ray's OptunaSearch reads result[metric] from every result and ends the sweep with
     a KeyError on the others; ASHA already skips them, and its rungs are evaluation epochs (the spec
-    rounds the grace period up to a multiple of eval_every). A diverged trial is told to Optuna
-    as FAIL, not as pruned, so TPE does not treat it as a merely slow configuration.
+    rounds the grace period up to a multiple of eval_every).
+
+    Optuna is told: each evaluated value as an intermediate value at its epoch; a trial that ASHA stopped
+    before its last epoch as PRUNED (Ray tells it COMPLETE at its rung value, and TPE would then model a
+    2-epoch accuracy as a final one); a diverged trial as FAIL, so TPE does not treat it as merely slow.
+    The stored study names its objectives (optuna-dashboard shows "target_acc", not "Objective 0").
     """
     from ray.tune.search.optuna import OptunaSearch
 
     from trainables.loop import is_failure
 
     class EvaluatedOptunaSearch(OptunaSearch):
+        def _setup_study(self, mode):
+            super()._setup_study(mode)
+            self._ot_study.set_metric_names(self._metric if isinstance(self._metric, list) else [self._metric])
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if all(m in result for m in (self.metric if isinstance(self.metric, list) else [self.metric])):
-                super().on_trial_result(trial_id, result)
+            # a multi-objective study has no intermediate values in Optuna
+            if isinstance(self.metric, list) or trial_id in self._completed_trials:
+                return
+            value = result.get(self.metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._ot_trials[trial_id].report(float(value), int(result.get("epoch", result.get("training_iteration", 0))))
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if result and is_failure(result.get("stop_reason")):
                 result, error = None, True
+            elif result and not error and int(result.get("epoch", max_epochs)) < max_epochs:
+                result = None  # stopped at a rung: Ray's OptunaSearch tells a trial without a result PRUNED
             super().on_trial_complete(trial_id, result, error)
 
     return EvaluatedOptunaSearch(**kwargs)
@@ -186,7 +241,8 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
     w.append({"op": "study", "run": "study", "name": st.name, "spec": json.dumps(spec.source, indent=2, default=str), "tags": {
         "gentune.sweep": spec.name, "gentune.study": st.name, "gentune.kind": "study", "gentune.family": st.family,
         "gentune.metric": st.metric, "gentune.mode": st.mode, "gentune.storage": join_path(root, st.name),
-        "gentune.objectives": ",".join(f"{m}:{mode}" for m, mode in st.objectives)}})
+        "gentune.objectives": ",".join(f"{m}:{mode}" for m, mode in st.objectives), "gentune.rank_by": st.rank_by,
+        "gentune.repeats": str(st.repeats), "gentune.aggregate": st.aggregate}})
     interrupted = True  # until fit() has returned and said otherwise
     try:
         grid, best, interrupted = _run_study(spec, st, root, resume, quiet, w)
@@ -209,9 +265,10 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
     pbt = st.scheduler == "pbt"
     mutable = tuple(d.key for d in st.search if d.key in families.family(st.family).pbt_mutable and d.kind != "choice") if pbt else ()
     trainable = tune.with_resources(tune.with_parameters(run_trial, family=st.family, mutable=mutable,
-                                                         checkpoint_every=st.perturbation_interval if pbt else 1),
+                                                         checkpoint_every=st.perturbation_interval if pbt else 1,
+                                                         repeats=st.repeats, aggregate=st.aggregate, rank=(st.metric, st.mode)),
                                     {"cpu": st.cpu, "gpu": st.gpu})
-    callbacks = [MlflowTrials(st.name, st.family, st.epochs, watch=mutable),
+    callbacks = [MlflowTrials(st.name, st.family, st.epochs, watch=mutable, repeats=st.repeats),
                  pending_watch(st.name, root if "://" not in root else None), sigint_watch(st.name)]
     path = join_path(root, st.name)
     multi = len(st.objectives) > 1
@@ -240,7 +297,7 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
             metrics = [m for m, _ in st.objectives] if multi else st.metric
             modes = [m for _, m in st.objectives] if multi else st.mode
             searcher = evaluated_optuna_search(
-                space=DefineByRun(st.search, dict(st.config), full_config(st)), metric=metrics, mode=modes, sampler=sampler,
+                st.epochs, space=DefineByRun(st.search, dict(st.config), full_config(st)), metric=metrics, mode=modes, sampler=sampler,
                 points_to_evaluate=[dict(p) for p in st.start_from] or None,
                 storage=optuna_storage(root), study_name=st.name)
             search = ConcurrencyLimiter(searcher, st.concurrency)
@@ -262,9 +319,11 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
                 # num_to_keep=1: Tune then saves its experiment state with every trial checkpoint (it
                 # forces a save every num_to_keep checkpoints), so after a driver crash `--resume` never
                 # reruns a trial that had finished, nor restarts one from an older checkpoint than its last.
-                # PBT checkpoints at perturbations only and keeps three: the donor's checkpoint a trial
-                # continues from, the donor's next, and that trial's own last.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=3 if pbt else 1),
+                # Scored by RANK_SCORE, the one kept is the best evaluated epoch's, and Tune never deletes the
+                # latest: at most two per trial. PBT checkpoints at perturbations only and keeps three: the
+                # donor's checkpoint a trial continues from, the donor's next, and that trial's own last.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=3) if pbt else tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=RANK_SCORE, checkpoint_score_order=st.mode),
             ),
         )
     SIGINTS.discard(st.name)
@@ -284,10 +343,15 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
     # first evaluation): Ray would raise for that, and it is not an error of the sweep
     reported = any(r.metrics and isinstance(r.metrics.get(st.metric), (int, float))
                    and math.isfinite(r.metrics[st.metric]) for r in grid)
-    best = grid.get_best_result(metric=st.metric, mode=st.mode, scope="last") if reported else None
+    scope = "all" if st.rank_by == "best" else "last"  # the trial's best evaluated epoch, or its last
+    best = grid.get_best_result(metric=st.metric, mode=st.mode, scope=scope) if reported else None
     if best is not None and best.metrics and st.metric in best.metrics:
+        value = float(best.metrics[st.metric])
+        df = best.metrics_dataframe
+        if scope == "all" and df is not None and st.metric in df:
+            value = float(df[st.metric].max() if st.mode == "max" else df[st.metric].min())
         w.append({"op": "metrics", "run": "study", "step": 0, "ts": int(time.time() * 1000),
-                  "values": {f"best_{st.metric}": float(best.metrics[st.metric])}})
+                  "values": {f"best_{st.metric}": value}})
         w.append({"op": "tags", "run": "study", "tags": {"gentune.best_trial_id": result_trial_id(best)}})
         w.append({"op": "text", "run": "study", "name": "best_config.json", "text": json.dumps(best.config, indent=2, default=str)})
     if multi:

@@ -23,7 +23,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-SKIP_METRICS = {"epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
+SKIP_METRICS = {"epoch", "rank_score", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
                 "iterations_since_restore", "done", "pid"}
 
 
@@ -236,8 +236,8 @@ class Writer:
             rid = self._run(key)
             if rid is None:
                 tags = dict(e["tags"])
-                if op == "open":
-                    tags["mlflow.parentRunId"] = self._run("study") or ""
+                if op == "open":  # a trial under its study, a seed under its configuration's trial
+                    tags["mlflow.parentRunId"] = self._run(e.get("parent", "study")) or ""
                 rid = self.runs[key] = c.create_run(self.exp_id, run_name=e["name"], tags=tags).info.run_id
                 self.logged[rid] = 0
             else:
@@ -283,13 +283,18 @@ class Writer:
             raise ValueError(f"unknown journal entry {op!r}")
 
 
+def seed_run(trial_id: str, seed: int) -> str:
+    """The key (and gentune.trial_id tag) of one seed's run of a configuration repeated over seeds."""
+    return f"{trial_id}:s{seed}"
+
+
 class MlflowTrials(Callback):
     """Tune callback: a nested MLflow run per trial with params, per-epoch metrics, sample grids, status.
 
     Each event becomes journal entries for the study's Writer; nothing here waits on MLflow."""
 
-    def __init__(self, study: str, family: str, max_epochs: int, watch: tuple[str, ...] = ()) -> None:
-        self.study, self.family, self.max_epochs = study, family, max_epochs
+    def __init__(self, study: str, family: str, max_epochs: int, watch: tuple[str, ...] = (), repeats: int = 1) -> None:
+        self.study, self.family, self.max_epochs, self.repeats = study, family, max_epochs, repeats
         self.watch = watch  # config keys PBT changes mid-run: logged as metrics hp.<key> each epoch
 
     def _w(self) -> Writer:
@@ -299,11 +304,24 @@ class MlflowTrials(Callback):
         from trainables.config import from_flat, to_flat
         from trainables.families import config_class
 
-        w = self._w()
+        w, tid = self._w(), trial.trial_id
         full = to_flat(from_flat(config_class(self.family), dict(trial.config)))  # every key, defaults included
-        w.append({"op": "open", "run": trial.trial_id, "name": f"{self.study}-{trial.trial_id}", "params": full, "tags": {
-            "mlflow.runName": f"{self.study}-{trial.trial_id}", "gentune.sweep": w.sweep, "gentune.study": self.study,
-            "gentune.family": self.family, "gentune.trial_id": trial.trial_id, "gentune.kind": "trial"}})
+        common = {"gentune.sweep": w.sweep, "gentune.study": self.study, "gentune.family": self.family}
+        w.append({"op": "open", "run": tid, "name": f"{self.study}-{tid}", "params": full, "tags": {
+            **common, "mlflow.runName": f"{self.study}-{tid}", "gentune.trial_id": tid, "gentune.kind": "trial",
+            "gentune.repeats": str(self._repeats)}})
+        for seed in self._seeds(full):  # a configuration repeated over seeds: a run per seed under the trial's run
+            name = f"{self.study}-{tid}-seed{seed}"
+            w.append({"op": "open", "run": seed_run(tid, seed), "parent": tid, "name": name, "params": {**full, "seed": seed},
+                      "tags": {**common, "mlflow.runName": name, "gentune.trial_id": seed_run(tid, seed), "gentune.kind": "seed",
+                               "gentune.config_trial_id": tid, "gentune.seed": str(seed)}})
+
+    @property
+    def _repeats(self) -> int:
+        return getattr(self, "repeats", 1)  # a callback pickled before repeats existed
+
+    def _seeds(self, full: dict[str, Any]) -> list[int]:
+        return [int(full["seed"]) + i for i in range(self._repeats)] if self._repeats > 1 else []
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         w, tid = self._w(), trial.trial_id
@@ -318,8 +336,12 @@ class MlflowTrials(Callback):
         hp = {f"hp.{k}": config[k] for k in self.watch if isinstance(config.get(k), (int, float))}
         values = {k: v for k, v in numeric({**result, **hp}).items() if k != "exploited_epoch"}
         # the result's own timestamp: the entry applied twice is the same metric, which the store keeps once
+        ts = int(result.get("timestamp", 0) * 1000)
         if values:
-            w.append({"op": "metrics", "run": tid, "step": step, "ts": int(result.get("timestamp", 0) * 1000), "values": values})
+            w.append({"op": "metrics", "run": tid, "step": step, "ts": ts, "values": values})
+        for seed, m in sorted((result.get("seeds") or {}).items()):
+            if numeric(m):
+                w.append({"op": "metrics", "run": seed_run(tid, int(seed)), "step": step, "ts": ts, "values": numeric(m)})
         if result.get("stop_reason"):
             w.append({"op": "tags", "run": tid, "tags": {"gentune.stop_reason": result["stop_reason"]}})
 
@@ -336,8 +358,13 @@ class MlflowTrials(Callback):
                 w.append({"op": "artifact", "run": trial.trial_id, "file": str(named.relative_to(w.spool)), "dir": "samples"})
 
     def _finish(self, trial, status: str, reason: str) -> None:
-        self._w().append({"op": "tags", "run": trial.trial_id, "tags": {"gentune.stop_reason": reason}})
-        self._w().append({"op": "end", "run": trial.trial_id, "status": status})
+        from trainables.config import from_flat, to_flat
+        from trainables.families import config_class
+
+        full = to_flat(from_flat(config_class(self.family), dict(trial.config)))
+        for run in [seed_run(trial.trial_id, s) for s in self._seeds(full)] + [trial.trial_id]:
+            self._w().append({"op": "tags", "run": run, "tags": {"gentune.stop_reason": reason}})
+            self._w().append({"op": "end", "run": run, "status": status})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}

@@ -19,11 +19,14 @@ MNIST-M and the report's ``digits/``/``face/`` layout: torchvision has no reader
 """
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
+import math
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from trainables.errors import DataError
-from trainables.filecheck import duplicates
+from trainables.filecheck import duplicates, show
 from trainables.files import image_files
 
 PathLike = str | os.PathLike
@@ -241,17 +244,19 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
                 raw = f.read()
         else:
             raw = path.read_bytes()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: damaged compressed data
         raise DataError(f"cannot read IDX file {path}: {_one_line(e)}") from None
     header = 4 * (1 + ndim)
-    found = int(np.frombuffer(raw, ">i4", 1)[0]) if len(raw) >= 4 else None
+    found = int(np.frombuffer(raw, ">i4", 1)[0]) if len(raw) >= 4 else magic  # too short: said below
     if found != magic:
         raise DataError(f"IDX file {path} has magic {found}, expected {magic} "
                         f"({'images' if magic == IDX_IMAGES else 'labels'}, uint8, {ndim}-D)")
     if len(raw) < header:
         raise DataError(f"IDX file {path} is {len(raw)} bytes, too short for its {header}-byte header")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, 4))
-    size = int(np.prod(dims))
+    size = math.prod(dims)
+    if min(dims) < 0:
+        raise DataError(f"IDX file {path} has the sizes {'x'.join(map(str, dims))} in its header, expected none negative")
     if len(raw) - header != size:
         raise DataError(f"IDX file {path} holds {len(raw) - header} data bytes, its header "
                         f"{'x'.join(map(str, dims))} says {size}")
@@ -270,6 +275,8 @@ def read_mnist(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     lab_path = _find(f"{prefix}-labels-idx1-ubyte", dirs)
     images = _read_idx(img_path, IDX_IMAGES, 3)
     labels = _read_idx(lab_path, IDX_LABELS, 1)
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"IDX file {img_path} holds {'x'.join(map(str, images.shape[1:]))} images, expected MNIST's 28x28")
     if len(images) != len(labels):
         raise DataError(f"{img_path} has {len(images)} images but {lab_path} has {len(labels)} labels")
     if len(images) == 0:
@@ -331,16 +338,18 @@ def read_svhn(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
         if key not in mat:
             raise DataError(f"SVHN file {path} has no variable {key!r} (expected X and y)")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
-    if x.ndim != 4 or x.shape[2] != 3:
-        raise DataError(f"X in {path} has shape {x.shape}, expected (H, W, 3, N)")
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise DataError(f"X in {path} has shape {x.shape}, expected (32, 32, 3, N)")
     if x.dtype != np.uint8:
         raise DataError(f"X in {path} has dtype {x.dtype}, expected uint8")
+    if y.dtype.kind not in "iuf" or y.ndim != 2 or 1 not in y.shape:  # loadmat gives (N, 1), or (1, N) for a 1-D y
+        raise DataError(f"y in {path} is {y.dtype} {y.shape}, expected numeric labels (N, 1)")
     y = y.reshape(-1)
     if len(y) != x.shape[3]:
         raise DataError(f"{path} has {x.shape[3]} images in X but {len(y)} labels in y")
     if len(y) == 0:
         raise DataError(f"SVHN file {path} holds no images")
-    bad = (y < 0) | (y > 10) | (y != np.round(y))
+    bad = (y < 1) | (y > 10) | (y != np.round(y))
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(f"label {y[i]} at index {i} of y in {path} is outside 1-10 (10 means digit 0)")
@@ -351,24 +360,50 @@ def read_svhn(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
 def read_usps(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     """torchvision's own USPS reader (``root/usps.bz2`` train, ``root/usps.t.bz2`` test: bzip2'd
     LIBSVM text, label 1..10 = digit + 1, values in [-1, 1] mapped to uint8 as torchvision does).
-    16x16 grey."""
+    16x16 grey. The file is checked first (:func:`_check_usps`)."""
     _check_split(split, ("train", "test"), "USPS")
     from torchvision.datasets import USPS  # local: torchvision's import is slow and only this reader needs it
 
     path = Path(root) / ("usps.bz2" if split == "train" else "usps.t.bz2")
     _require_file(path, "USPS file")
+    _check_usps(path)
+    data = USPS(str(root), train=split == "train", download=False)
+    return _grey_to_rgb(np.asarray(data.data, dtype=np.uint8)), np.asarray(data.targets, dtype=np.int64)
+
+
+USPS_LABELS = {str(i) for i in range(1, 11)}
+
+
+def _check_usps(path: Path) -> None:
+    """Each line of a USPS file must be `<label 1-10> 1:<v> 2:<v> ... 256:<v>` with each v in [-1, 1]: torchvision's
+    reader checks none of it (a value outside [-1, 1] wraps to a made-up pixel, a line with more or fewer values
+    shifts every image after it against its label)."""
     try:
-        data = USPS(str(root), train=split == "train", download=False)
-        grey, labels = np.asarray(data.data, dtype=np.uint8), np.asarray(data.targets, dtype=np.int64)
-    except Exception as e:  # torchvision raises OSError, EOFError, ValueError on damaged files
+        with bz2.open(path, "rt", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except (OSError, EOFError, ValueError) as e:  # not bzip2, cut off, not text
         raise DataError(f"cannot read USPS file {path} (LIBSVM 'label idx:value' x 256 per line, "
                         f"bzip2): {_one_line(e)}") from None
-    if len(labels) == 0:
+    if not lines:
         raise DataError(f"USPS file {path} holds no samples")
-    if labels.min() < 0 or labels.max() > 9:
-        bad = int(np.argmax((labels < 0) | (labels > 9)))
-        raise DataError(f"label {labels[bad] + 1} on line {bad + 1} of {path} is outside 1-10 (digit = label - 1)")
-    return _grey_to_rgb(grey), labels
+    for n, line in enumerate(lines, start=1):
+        parts = line.split()
+        bad = f"{max(len(parts) - 1, 0)} values" if len(parts) != 257 else next(
+            (show(item) for i, item in enumerate(parts[1:], start=1) if not _usps_entry(item, i)), None)
+        if bad is not None:
+            raise DataError(f"cannot read USPS file {path}: line {n}: expected '<label> 1:<v> 2:<v> ... 256:<v>' "
+                            f"with each v in [-1, 1], found {bad}")
+        if parts[0] not in USPS_LABELS:
+            raise DataError(f"label {parts[0]} on line {n} of {path} is outside 1-10 (digit = label - 1)")
+
+
+def _usps_entry(item: str, i: int) -> bool:
+    """Whether `item` is `<i>:<v>` with v a number in [-1, 1]."""
+    key, _, value = item.partition(":")
+    try:
+        return key == str(i) and -1 <= float(value) <= 1
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------- CelebA
