@@ -369,10 +369,21 @@ def predict_folder(bundle: str | Path, images: str | Path, out_csv: str | Path |
 
 # --- export from a sweep, and the MLflow model registry --------------------------------------------
 
+SEED_PICKS = ("nearest", "best")
+
+
 def export_best(sweep, out: str | Path, *, study: str | None = None, metric: str | None = None, mode: str | None = None,
-                trial_id: str | None = None, force: bool = False, quiet: bool = True):
-    """Export the best finished trial of a study (by its final `metric`) as a bundle in `out`; (Trial, Path)."""
+                trial_id: str | None = None, force: bool = False, quiet: bool = True, rank_by: str | None = None,
+                seed_pick: str = "nearest"):
+    """Export the best finished trial of a study as a bundle in `out`; (Trial, Path).
+
+    Trials are ranked as the study ranks them (`rank_by`: each trial's last epoch, or its best evaluated epoch,
+    whose checkpoint the sweep kept) and the checkpoint of that epoch is exported. A configuration repeated
+    over seeds exports one seed: the one whose value is nearest the configuration's aggregate (`seed_pick`
+    nearest), or the best seed's (`best`)."""
     check_out(Path(out).expanduser(), force)
+    if seed_pick not in SEED_PICKS:
+        raise GentuneError(f"--seed-pick must be one of {', '.join(SEED_PICKS)}, got {seed_pick!r}")
     if trial_id is not None:
         best = sweep.trial(trial_id)
         if study is not None and best.study != study:
@@ -380,7 +391,7 @@ def export_best(sweep, out: str | Path, *, study: str | None = None, metric: str
         st = sweep.studies[best.study]
     else:
         st = sweep.study(study)
-    metric, mode = metric or st.metric, mode or st.mode
+    metric, mode, rank_by = metric or st.metric, mode or st.mode, rank_by or st.rank_by
     if mode not in ("min", "max"):
         raise GentuneError(f"--mode must be min or max, got {mode!r}")
     how = ""
@@ -390,20 +401,61 @@ def export_best(sweep, out: str | Path, *, study: str | None = None, metric: str
     elif len(st.objectives) > 1 and (metric, mode) == (st.metric, st.mode):
         front = sweep.pareto(st.name)
         best = sweep.trial(knee(front, tuple(m for _, m in st.objectives))) if front else None
+        rank_by = "last"  # the front is of last values
         how = (f" (of the {len(front)} Pareto-optimal trials on {', '.join(m for m, _ in st.objectives)}: the one nearest "
                f"the front's ideal point; --trial picks another: {', '.join(sorted(front))})")
     else:
-        best = sweep.best_trial(st.name, metric, mode)
+        best = sweep.best_trial(st.name, metric, mode, rank_by=rank_by)
     if best is None:
         seen = sorted({k for t in sweep.trials(st.name) for k in t.metrics})
         raise GentuneError(f"no trial of study {st.name} finished with metric {metric!r}"
                            + (f"; metrics reported: {', '.join(seen)}" if seen else "; no trial reported any metric"))
-    ckpt = sweep.load_checkpoint(best)
-    log(f"gentune export: trial {best.trial_id} of study {st.name}, {metric}={best.value(metric):.6g} "
-        f"(epoch {ckpt.get('epoch')}){how} -> {out}", quiet)
-    path = write_bundle(Path(out), ckpt, metrics=best.metrics, sweep=sweep.name, study=st.name,
-                        trial_id=best.trial_id, force=force, quiet=quiet)
+    ckpt, value, epoch, seed, which = chosen_checkpoint(sweep, best, metric, mode, rank_by, seed_pick)
+    at = f"its best epoch, {ckpt.get('epoch')} (rank_by best)" if epoch is not None else f"its last epoch, {ckpt.get('epoch')}"
+    log(f"gentune export: trial {best.trial_id} of study {st.name}, {metric}={value:.6g} at {at}{how}{which} -> {out}", quiet)
+    own = (ckpt.get("history") or [{}])[-1]  # the exported run's own metrics at the exported epoch
+    metrics = {**(best.metrics if epoch is None and seed is None else {}), **own}
+    path = write_bundle(Path(out), ckpt, metrics=metrics, sweep=sweep.name, study=st.name,
+                        trial_id=best.trial_id if seed is None else f"{best.trial_id}:s{seed}", force=force, quiet=quiet)
     return best, path
+
+
+def chosen_checkpoint(sweep, trial, metric: str, mode: str, rank_by: str, seed_pick: str = "nearest"):
+    """The checkpoint a trial is ranked by: of its best evaluated epoch (rank_by best) or its last, and of the seed
+    `pick_seed` takes for a configuration repeated over seeds; (checkpoint, value, epoch or None for the last,
+    seed or None, a clause naming the seed)."""
+    peak = sweep.best_epoch(trial, metric, mode) if rank_by == "best" else None
+    epoch, value = peak if peak is not None else (None, trial.value(metric))
+    seed, which = pick_seed(sweep, trial, metric, mode, epoch, value, seed_pick)
+    return sweep.load_checkpoint(trial, epoch=epoch, seed=seed), value, epoch, seed, which
+
+
+def seed_values(sweep, trial, metric: str, epoch: int | None) -> dict[int, float]:
+    """{seed: its value of `metric` at `epoch` (None: its last)} of a configuration repeated over seeds."""
+    values = {}
+    for s in sweep.seeds(trial):
+        v = dict(sweep.history(s, metric)).get(epoch) if epoch is not None else s.value(metric)
+        if v is not None and math.isfinite(v):
+            values[int(s.params["seed"])] = float(v)
+    return values
+
+
+def pick_seed(sweep, trial, metric: str, mode: str, epoch: int | None, aggregate: float, how: str) -> tuple[int | None, str]:
+    """The seed of a repeated configuration to export, and a clause saying which and why; (None, "") otherwise."""
+    if not sweep.seeds(trial):
+        return None, ""
+    values = seed_values(sweep, trial, metric, epoch)
+    if not values:
+        raise GentuneError(f"trial {trial.trial_id}: none of its seed runs has {metric!r}"
+                           + (f" at epoch {epoch}" if epoch is not None else ""))
+    if how == "best":
+        seed = min(values, key=lambda k: (-values[k] if mode == "max" else values[k], k))
+        why = "the best seed"
+    else:
+        seed = min(values, key=lambda k: (abs(values[k] - aggregate), k))
+        why = "the seed nearest the aggregate; --seed-pick best takes the best seed"
+    listed = ", ".join(f"{k}: {v:.4g}" for k, v in sorted(values.items()))
+    return seed, f"; seed {seed} ({metric} {values[seed]:.6g}, {why}; seeds {listed})"
 
 
 def register_bundle(tracking_uri: str, bundle_dir: Path, run_id: str, name: str, artifact_path: str = "bundle"):

@@ -158,8 +158,10 @@ class Report:
         return best
 
     def models_for(self, trial: Trial):
-        ckpt = self.sweep.load_checkpoint(trial)
-        cfg, mods = E.models_from_checkpoint(ckpt, str(self.sweep.checkpoint_path(trial)), self.device)
+        """The models of the checkpoint the trial is ranked by (the one `gentune export` takes)."""
+        ckpt = ranked_checkpoint(self.sweep, trial)
+        cfg, mods = E.models_from_checkpoint(ckpt, f"trial {trial.trial_id}'s checkpoint of epoch {ckpt.get('epoch')}",
+                                             self.device)
         return ckpt, cfg, mods
 
     def models_or_note(self, trial: Trial, section):
@@ -184,10 +186,13 @@ class Report:
         for st in self.sweep.studies.values():
             trials = self.sweep.trials(st.name)
             best = self.sweep.best_trial(st.name)
+            value = self.sweep.score(best, st.metric, st.mode, st.rank_by) if best else None
+            n = f" ({st.aggregate} of {st.repeats} seeds)" if st.repeats > 1 else ""
             rows.append([st.name, st.family, f"{st.metric} ({st.mode})", str(len(trials)),
                          str(len(self.sweep.finished(st.name, st.metric))), best.trial_id if best else "-",
-                         num(best.value(st.metric)) if best else "-"])
-        s.table(["study", "family", "metric", "trials", "finished with metric", "best trial", "best (final)"], rows)
+                         (num(value) if value is not None else "-") + n,
+                         "best evaluated epoch" if st.rank_by == "best" else "last epoch"])
+        s.table(["study", "family", "metric", "trials", "finished with metric", "best trial", "best value", "ranked by"], rows)
         if self.sweep.info.get("smoke"):
             s.note("This sweep ran with --smoke: tiny models and runs on the embedded demo data, so the numbers "
                    "and images only show that the pipeline works, not what the models can do.")
@@ -313,12 +318,21 @@ def optuna_study(sweep: Sweep, st: Study):
     return study, "the sweep's stored Optuna study"
 
 
+def ranked_checkpoint(sweep: Sweep, trial: Trial) -> dict[str, Any]:
+    """The checkpoint a trial is ranked by, the one `gentune export` takes: of its best evaluated epoch or its last
+    (the study's rank_by), of the seed nearest the aggregate for a configuration repeated over seeds."""
+    st = sweep.studies.get(trial.study)
+    if st is None or not st.metric:
+        return sweep.load_checkpoint(trial)
+    return E.chosen_checkpoint(sweep, trial, st.metric, st.mode, st.rank_by)[0]
+
+
 def preflight(sweep: Sweep, named: list[Trial] | None) -> None:
     """Every file the report reads, checked before it writes anything: the checkpoint of each trial it may draw
     (the named ones, or every finished one) and optuna.db. A damaged one is one error; no half-made report."""
     trials = named if named is not None else [t for st in sweep.studies.values() for t in sweep.finished(st.name, st.metric)]
     for t in trials:
-        sweep.load_checkpoint(t)
+        ranked_checkpoint(sweep, t)
     db = sweep.root / "optuna.db"
     if db.exists() or db.is_symlink():
         check_optuna_db(db)

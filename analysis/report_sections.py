@@ -11,6 +11,7 @@ adding the `gentune arch` names it showed to `rep.arch`.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from typing import Any
@@ -18,8 +19,8 @@ from typing import Any
 import torch
 
 from analysis.sampling import generate_images, image_grid
-from analysis.report import Report, Section, num, pct, slug
-from analysis.sweepdata import Trial
+from analysis.report import Report, Section, num, pct, ranked_checkpoint, slug
+from analysis.sweepdata import Trial, better
 from trainables.errors import CheckpointError
 
 REVERSE_STEPS = (500, 300, 100, 60, 40, 0)  # the report's steps, for T = 500
@@ -88,6 +89,7 @@ def gan(rep: Report) -> list[Section]:
                    f"(z ~ N(0,1), seed {rep.seed}); left to right: " + "; ".join(c for c, _ in panels))
     s.table(["model", "trial", "study", "epoch", "face rate", "FID", "diversity"], rows,
             "Metrics of the trials shown (face rate and FID on the trial's own evaluation samples)")
+    seeds_compared(rep, s, chosen)
     models = {r[0] for r in rows}
     if rep.named is None:
         for m in ("A", "B"):
@@ -100,6 +102,51 @@ def gan(rep: Report) -> list[Section]:
     if not any(t.value("fid") is not None for t in chosen):
         s.note("FID is absent: the trials ran without Inception weights (fid: auto found none, or fid: off).")
     return [s]
+
+
+def seeds_compared(rep: Report, s, chosen: list[Trial]) -> None:
+    """Model A against model B over the seeds of their chosen configurations (budget.repeats): mean ± sd and n of
+    the study's metric at the ranked epoch, and Welch's two-sample t-test (unequal variances) on the seeds' values."""
+    from scipy.stats import ttest_ind
+
+    from analysis.export import seed_values
+
+    groups, single = {}, []
+    for t in chosen:
+        st = rep.sweep.studies[t.study]
+        peak = rep.sweep.best_epoch(t, st.metric, st.mode) if st.rank_by == "best" else None
+        vals = seed_values(rep.sweep, t, st.metric, peak[0] if peak else None)
+        if len(vals) >= 2:
+            groups[f"model {t.params.get('model', '?')}"] = (t, st, vals)
+        else:
+            single.append(f"model {t.params.get('model', '?')}")
+    if not groups:
+        s.note("Each model was trained with one seed, and on these models the seed moves the result as much as the "
+               "settings do: one run each cannot say which model is better (budget.repeats: 3 trains each "
+               "configuration with three seeds, as search/specs/gan-seeds.yaml does).")
+        return
+    rows = []
+    for name, (t, st, vals) in groups.items():
+        v = list(vals.values())
+        sd = statistics.stdev(v)
+        rows.append([name, t.trial_id, st.metric, f"{statistics.fmean(v):.3f} ± {sd:.3f}", str(len(v)),
+                     ", ".join(f"{k}: {x:.3f}" for k, x in sorted(vals.items()))])
+    s.table(["model", "configuration (trial)", "metric", "mean ± sd over seeds", "n", "per seed"], rows,
+            "Each model's chosen configuration over its seeds (sample standard deviation)")
+    if single:
+        s.note(f"{' and '.join(single)}: one seed only, so no spread and no comparison.")
+    if len(groups) == 2 and len({st.metric for _, st, _ in groups.values()}) == 1:
+        (na, (_, st, a)), (nb, (_, _, b)) = groups.items()
+        xa, xb = list(a.values()), list(b.values())
+        p = float(ttest_ind(xa, xb, equal_var=False).pvalue)
+        ma, mb = statistics.fmean(xa), statistics.fmean(xb)
+        lead = na if better(ma, mb, st.mode) else nb
+        if p < 0.05:  # NaN (no spread in either) is not below
+            s.note(f"{lead} is better on {st.metric} ({ma:.3f} vs {mb:.3f}); Welch's t-test on the seeds' values: "
+                   f"p = {p:.3g} < 0.05 (n = {len(xa)} and {len(xb)}).")
+        else:
+            s.note(f"{na} vs {nb} on {st.metric}: {ma:.3f} vs {mb:.3f}, not distinguishable at n = {len(xa)} and "
+                   f"{len(xb)} (Welch's t-test on the seeds' values: p = {p:.3g} >= 0.05).")
 
 
 def ddpm(rep: Report) -> list[Section]:
@@ -224,7 +271,7 @@ def tsne(rep: Report, s: Section, scenario: str, t: Trial) -> None:
     from trainables.config import from_flat
     from trainables.families import build_trainer, config_class
 
-    ckpt = rep.sweep.load_checkpoint(t)
+    ckpt = ranked_checkpoint(rep.sweep, t)
     flat = {**ckpt["config"], "device": rep.device.type}
     cfg = from_flat(config_class("dann"), flat)
     trainer = build_trainer("dann", cfg, quiet=True)

@@ -9,13 +9,19 @@ from analysis.sweepdata import Sweep, Trial, better
 DANN_MODES = ("source-only", "dann", "target-only")
 
 
-def _best(trials: list[Trial], metric: str, mode: str) -> Trial | None:
-    best = None
+def _best(sweep: Sweep, trials: list[Trial], metric: str, mode: str) -> Trial | None:
+    """The best trial as its study ranks them (budget.rank_by: last or best epoch), its values of that epoch."""
+    best, best_v = None, None
     for t in trials:
-        v = t.value(metric)
-        if v is not None and (best is None or better(v, best.value(metric), mode)):  # type: ignore[arg-type]
-            best = t
-    return best
+        st = sweep.studies.get(t.study)
+        v = sweep.score(t, metric, mode, st.rank_by if st is not None and (metric, mode) == (st.metric, st.mode) else "last")
+        if v is not None and (best is None or better(v, best_v, mode)):  # type: ignore[arg-type]
+            best, best_v = t, v
+    if best is None:
+        return None
+    st = sweep.studies.get(best.study)
+    peak = sweep.best_epoch(best, metric, mode) if st is not None and st.rank_by == "best" else None
+    return best if peak is None else sweep.at_epoch(best, peak[0])
 
 
 def _f(t: Trial, key: str, fmt: str = "{:.3f}") -> str:
@@ -26,14 +32,14 @@ def _f(t: Trial, key: str, fmt: str = "{:.3f}") -> str:
 def gan(sweep: Sweep, gan: list[Trial]) -> list[list[str]]:
     metrics = {(sweep.studies[t.study].metric, sweep.studies[t.study].mode) for t in gan if t.study in sweep.studies}
     metric, mode = sorted(metrics)[0] if len(metrics) == 1 else ("face_score", "max")
-    if (t := _best(gan, metric, mode)) is None:
+    if (t := _best(sweep, gan, metric, mode)) is None:
         return []
     return [["gan", f"best by {metric} (model {t.params.get('model', '?')})", t.trial_id,
              f"face rate {_f(t, 'face_rate')}, diversity {_f(t, 'diversity')}, FID {_f(t, 'fid', '{:.1f}')}"]]
 
 
 def ddpm(sweep: Sweep, trials: list[Trial]) -> list[list[str]]:
-    if (t := _best(trials, "acc", "max")) is None:
+    if (t := _best(sweep, trials, "acc", "max")) is None:
         return []
     return [["ddpm", "best by acc (fresh samples at best w)", t.trial_id,
              f"acc {_f(t, 'acc')} at w={_f(t, 'best_w', '{:g}')} (chance 0.100; evaluator {_f(t, 'evaluator_val_acc')})"]]
@@ -42,7 +48,7 @@ def ddpm(sweep: Sweep, trials: list[Trial]) -> list[list[str]]:
 def dann(sweep: Sweep, trials: list[Trial]) -> list[list[str]]:
     rows = []
     for m in DANN_MODES:
-        t = _best([t for t in trials if t.params.get("mode", "dann") == m], "target_acc", "max")
+        t = _best(sweep, [t for t in trials if t.params.get("mode", "dann") == m], "target_acc", "max")
         if t is not None:
             domains = f"{t.params.get('source.domain', '?')} -> {t.params.get('target.domain', '?')}"
             rows.append(["dann", f"{m} ({domains})", t.trial_id,
@@ -55,7 +61,7 @@ def generic(family: str, sweep: Sweep, trials: list[Trial]) -> list[list[str]]:
     """A family without its own rows: the best finished trial of each of its studies, by the study's metric."""
     rows = []
     for st in sweep.studies.values():
-        if st.family == family and (t := _best([t for t in trials if t.study == st.name], st.metric, st.mode)):
+        if st.family == family and (t := _best(sweep, [t for t in trials if t.study == st.name], st.metric, st.mode)):
             rows.append([family, f"best by {st.metric} (study {st.name})", t.trial_id, f"{st.metric} {_f(t, st.metric)}"])
     return rows
 
@@ -81,7 +87,9 @@ def format_summary(sweep: Sweep) -> str:
         return f"sweep {sweep.name}: no finished trial reported its metric yet"
     head = ["family", "trial of", "trial", "reached"]
     w = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
-    lines = [f"What sweep {sweep.name} reached (finished trials, final values):",
+    ranked = sorted({st.rank_by for st in sweep.studies.values()})
+    which = {"last": "final values", "best": "values at each trial's best evaluated epoch"}
+    lines = [f"What sweep {sweep.name} reached (finished trials, {'; '.join(which[r] for r in ranked) or 'final values'}):",
              "  ".join(h.ljust(w[i]) if i < 3 else h for i, h in enumerate(head))]
     lines += ["  ".join(c.ljust(w[i]) if i < 3 else c for i, c in enumerate(r)) for r in rows]
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
@@ -79,6 +79,7 @@ class Study:
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of a multi-objective study's objectives
     rank_by: str = "last"  # a trial's value: its last epoch's, or its best evaluated epoch's (budget.rank_by)
     repeats: int = 1  # seeds per configuration (budget.repeats): a trial's metrics are their aggregate
+    aggregate: str = "mean"  # ... the mean or the median (budget.aggregate)
 
 
 def better(a: float, b: float, mode: str) -> bool:
@@ -375,7 +376,8 @@ class Sweep:
             repeats = tags.get("gentune.repeats") or budget.get("repeats", 1)
             out[name] = Study(name, family, metric or "", mode or "max", p.info.run_id if p is not None else None,
                               dict(raw.get("search") or {}), tuple((str(m), str(d)) for m, d in objectives),
-                              rank_by if rank_by in ("best", "last") else "last", int(repeats) if str(repeats).isdigit() else 1)
+                              rank_by if rank_by in ("best", "last") else "last", int(repeats) if str(repeats).isdigit() else 1,
+                              tags.get("gentune.aggregate") or budget.get("aggregate", "mean"))
         return out
 
     def study(self, name: str | None) -> Study:
@@ -450,6 +452,15 @@ class Sweep:
     def best_value(self, trial: Trial, metric: str, mode: str) -> float | None:
         b = self.best_epoch(trial, metric, mode)
         return None if b is None else b[1]
+
+    def at_epoch(self, trial: Trial, epoch: int) -> Trial:
+        """The trial as it stood at `epoch`: each metric's value logged at that epoch (others dropped)."""
+        metrics = {}
+        for k in trial.metrics:
+            v = dict(self.history(trial, k)).get(epoch)
+            if v is not None:
+                metrics[k] = v
+        return replace(trial, metrics=metrics)
 
     def score(self, trial: Trial, metric: str, mode: str, rank_by: str) -> float | None:
         """The trial's value by `rank_by`: its last epoch's (`last`) or its best evaluated epoch's (`best`)."""

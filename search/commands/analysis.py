@@ -45,7 +45,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"export: this sweep folder was copied or moved: its MLflow store now keeps artifacts in "
                   f"{sweep.root / ARTIFACTS} (was {moved})", file=sys.stderr)
     trial, path = export_best(sweep, args.out, study=args.study, metric=args.metric, mode=args.mode,
-                              trial_id=args.trial, force=args.force, quiet=args.quiet)
+                              trial_id=args.trial, force=args.force, quiet=args.quiet, rank_by=args.rank_by,
+                              seed_pick=args.seed_pick)
     test = trial.value("target_test_acc")  # DANN: the held-out half, never used to choose the trial
     held_out = f"; target test accuracy {test:.3f}, held out from the choice" if test is not None else ""
     print(f"export: trial {trial.trial_id} (study {trial.study}{held_out}) -> {path}")
@@ -114,7 +115,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", formatter_class=fmt,
                        help="the best trial as a bundle: model.safetensors + bundle.json (optionally registered in MLflow)",
-                       description="Export the best finished trial of a study (by its final metric) as a self-describing "
+                       description="Export the best finished trial of a study (ranked by the study's budget.rank_by: each "
+                                   "trial's best evaluated epoch or its last; that epoch's checkpoint) as a self-describing "
                                    "bundle folder that `gentune generate` / `gentune predict` use without the sweep.")
     p.add_argument("sweep", metavar="SWEEP", help="sweep folder (holds sweep.json)")
     p.add_argument("--out", required=True, help="bundle folder to create (must not exist or be empty, unless --force)")
@@ -122,6 +124,11 @@ def register(sub) -> None:
     p.add_argument("--metric", default=None, help="rank trials by this metric; default: the study's metric")
     p.add_argument("--mode", choices=("min", "max"), default=None, help="min or max of --metric; default: the study's mode")
     p.add_argument("--trial", default=None, metavar="ID", help="export this trial instead of the best one")
+    p.add_argument("--rank-by", choices=("best", "last"), default=None,
+                   help="rank and export each trial's best evaluated epoch or its last; default: the study's budget.rank_by")
+    p.add_argument("--seed-pick", choices=("nearest", "best"), default="nearest",
+                   help="a configuration repeated over seeds (budget.repeats): export the seed nearest its aggregate, "
+                        "or its best seed")
     p.add_argument("--register", default=None, metavar="NAME",
                    help="also log the bundle to the trial's MLflow run and add it as a new version of registered model NAME")
     p.add_argument("--force", action="store_true", help="replace the bundle an earlier export wrote in --out (only its own files; other files make it refuse)")
