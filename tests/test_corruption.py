@@ -6,7 +6,9 @@ The default set calls the readers in-process (one or more cases per file kind, a
 matrix runs every case through the real CLI commands that read the file (slow: 3-5 s per command)."""
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
 import hashlib
 import json
 import os
@@ -17,11 +19,12 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
 from PIL import Image
 
 from conftest import REPO, gentune
-from trainables.errors import GentuneError
+from trainables.errors import DataError, GentuneError
 
 # --- corruptions --------------------------------------------------------------------------------------------
 
@@ -459,6 +462,218 @@ def test_dataset_cache_rebuilt_not_trusted(tmp_path, capsys):
     to_folder(entry)
     with pytest.raises(GentuneError, match="is a folder"):
         load_split(dc, "train", 32, "digits", str(cache), quiet=True)
+
+
+# --- the original datasets' files: MNIST's IDX, SVHN's .mat, USPS's LIBSVM, MNIST-M's images, CelebA's partitions --
+# Each reader refuses a damaged file with one DataError naming it and what is wrong; none makes up a dataset.
+
+def refused(read: Callable[[], object], name: str, needle: str) -> None:
+    with pytest.raises(DataError) as e:
+        read()
+    msg = str(e.value)
+    assert name in msg and needle in msg and "\n" not in msg, msg
+
+
+def flip(offset: int) -> Callable[[Path], None]:
+    def go(p: Path) -> None:
+        data = bytearray(p.read_bytes())
+        data[offset] ^= 0xFF
+        p.write_bytes(bytes(data))
+    return go
+
+
+def write_idx(path: Path, magic: int, data, dims: list[int] | None = None) -> None:
+    """An IDX file gzipped as MNIST is distributed; `dims` overrides the sizes its header gives."""
+    data = np.asarray(data, np.uint8)
+    head = np.array([magic, *(data.shape if dims is None else dims)], ">i4").tobytes()
+    path.write_bytes(gzip.compress(head + data.tobytes(), mtime=0))
+
+
+MNIST_IMAGES, MNIST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+
+
+def mnist_files(root: Path) -> None:
+    root.mkdir(exist_ok=True)
+    write_idx(root / MNIST_IMAGES, 2051, np.arange(3 * 784).reshape(3, 28, 28) % 256)
+    write_idx(root / MNIST_LABELS, 2049, [7, 2, 1])
+
+
+def gunzip_edit(fn: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    return lambda p: p.write_bytes(gzip.compress(fn(gzip.decompress(p.read_bytes())), mtime=0))
+
+
+MNIST_CASES = [  # (case, file, corrupt(file), needle)
+    ("truncated", MNIST_IMAGES, truncate, "Compressed file ended"),
+    ("damaged", MNIST_IMAGES, flip(12), "while decompressing data"),
+    ("not gzip", MNIST_LABELS, lambda p: p.write_bytes(b"garbage" * 9), "Not a gzipped file"),
+    ("empty", MNIST_LABELS, gunzip_edit(lambda raw: b""), "is 0 bytes, too short for its 8-byte header"),
+    ("cut data", MNIST_IMAGES, gunzip_edit(lambda raw: raw[:-100]), "holds 2252 data bytes, its header 3x28x28 says 2352"),
+    ("wrong dtype", MNIST_LABELS, lambda p: write_idx(p, 0x0D01, np.zeros(12), [3]), "has magic 3329, expected 2049"),
+    ("labels as images", MNIST_IMAGES, lambda p: write_idx(p, 2049, [7, 2, 1]), "has magic 2049, expected 2051"),
+    ("negative size", MNIST_IMAGES, lambda p: write_idx(p, 2051, np.zeros(2352), [-3, -28, 28]),
+     "sizes -3x-28x28 in its header, expected none negative"),
+    ("wrong shape", MNIST_IMAGES, lambda p: write_idx(p, 2051, np.zeros((3, 784, 1))), "holds 784x1 images, expected MNIST's 28x28"),
+    ("count mismatch", MNIST_LABELS, lambda p: write_idx(p, 2049, [7, 2]), "has 3 images but"),
+    ("out of range", MNIST_LABELS, lambda p: write_idx(p, 2049, [7, 12, 1]), "label 12 at index 1"),
+    ("no images", MNIST_IMAGES, lambda p: (write_idx(p, 2051, np.zeros((0, 28, 28))), write_idx(p.parent / MNIST_LABELS, 2049, [])),
+     "holds no images"),
+    ("folder", MNIST_IMAGES, to_folder, "cannot find t10k-images-idx3-ubyte"),
+]
+
+
+@pytest.mark.parametrize("case,name,corrupt,needle", MNIST_CASES, ids=[c[0] for c in MNIST_CASES])
+def test_mnist_idx_refused(case, name, corrupt, needle, tmp_path):
+    from trainables.formats import read_mnist
+
+    mnist_files(tmp_path)
+    assert read_mnist(tmp_path, "test")[1].tolist() == [7, 2, 1]
+    corrupt(tmp_path / name)
+    refused(lambda: read_mnist(tmp_path, "test"), name.removesuffix(".gz"), needle)
+
+
+@pytest.mark.parametrize("case,name,corrupt,needle", MNIST_CASES[::3], ids=[c[0] for c in MNIST_CASES[::3]])
+def test_gentune_mnistm_refuses_damaged_mnist(case, name, corrupt, needle, tmp_path):
+    """MNIST-M as built from MNIST's files: `gentune mnistm` gives one line, exit 2, and writes nothing."""
+    mnist_files(tmp_path / "mnist")
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "photos" / "a.png")
+    corrupt(tmp_path / "mnist" / name)
+    p = gentune("mnistm", str(tmp_path / "mnist"), str(tmp_path / "photos"), "--out", str(tmp_path / "out"),
+                "--split", "test", check=False)
+    one_line(p, "mnistm", needle)
+    assert not (tmp_path / "out").exists()
+
+
+SVHN_X = (np.arange(32 * 32 * 3 * 3) % 256).astype(np.uint8).reshape(32, 32, 3, 3)
+
+
+def mat(**kv) -> Callable[[Path], None]:
+    """Write the .mat with X and y (3 images: digits 0, 1, 5) as given, the others as in the valid file."""
+    return lambda p: scipy.io.savemat(p, {"X": SVHN_X, "y": np.array([[10], [1], [5]], np.uint8), **kv})
+
+
+SVHN_CASES = [  # (case, corrupt(file), needle)
+    ("truncated", truncate, "cannot read SVHN .mat file"),
+    ("empty", empty, "cannot read SVHN .mat file"),
+    ("not a .mat", lambda p: p.write_bytes(b"garbage\n" * 40), "Unknown mat file type"),
+    ("no y", lambda p: scipy.io.savemat(p, {"X": SVHN_X}), "has no variable 'y'"),
+    ("X not uint8", mat(X=SVHN_X.astype(np.float64)), "has dtype float64, expected uint8"),
+    ("X wrong shape", mat(X=SVHN_X[:28, :28]), "has shape (28, 28, 3, 3), expected (32, 32, 3, N)"),
+    ("y strings", mat(y=np.array(["a", "b", "c"])), "expected numeric labels (N, 1)"),
+    ("y two columns", mat(X=np.concatenate([SVHN_X, SVHN_X], 3), y=np.ones((3, 2))), "is float64 (3, 2), expected numeric labels (N, 1)"),
+    ("label 0", mat(y=np.array([[10], [0], [5]])), "label 0 at index 1 of y"),
+    ("label 11", mat(y=np.array([[10], [11], [5]])), "label 11 at index 1 of y"),
+    ("label 2.5", mat(y=np.array([[10], [2.5], [5]])), "label 2.5 at index 1 of y"),
+    ("count mismatch", mat(y=np.array([[10], [1]])), "has 3 images in X but 2 labels in y"),
+    ("no images", mat(X=SVHN_X[..., :0], y=np.zeros((0, 1))), "holds no images"),
+    ("folder", to_folder, "is not a file"),
+]
+
+
+@pytest.mark.parametrize("case,corrupt,needle", SVHN_CASES, ids=[c[0] for c in SVHN_CASES])
+def test_svhn_mat_refused(case, corrupt, needle, tmp_path):
+    from trainables.formats import read_svhn
+
+    path = tmp_path / "test_32x32.mat"
+    mat()(path)
+    assert read_svhn(tmp_path, "test")[1].tolist() == [0, 1, 5]
+    corrupt(path)
+    refused(lambda: read_svhn(tmp_path, "test"), path.name, needle)
+
+
+def usps_text(labels=(10, 1, 7)) -> str:
+    values = " ".join(f"{i}:{v:.6f}" for i, v in enumerate(np.linspace(-1, 1, 256), start=1))
+    return "".join(f"{label} {values}\n" for label in labels)
+
+
+def usps_edit(fn: Callable[[str], str]) -> Callable[[Path], None]:
+    return lambda p: p.write_bytes(bz2.compress(fn(bz2.decompress(p.read_bytes()).decode()).encode()))
+
+
+USPS_CASES = [  # (case, corrupt(file), needle)
+    ("not bzip2", lambda p: p.write_bytes(b"garbage" * 9), "Invalid data stream"),
+    ("truncated", truncate, "Compressed file ended"),
+    ("no samples", usps_edit(lambda t: ""), "holds no samples"),
+    ("short line", usps_edit(lambda t: t.replace(" 256:1.000000", "", 1)), "line 1: expected '<label> 1:<v> 2:<v> ... 256:<v>' with each v in [-1, 1], found 255 values"),
+    ("blank line", usps_edit(lambda t: t.replace("\n", "\n\n", 1)), "line 2: expected '<label> 1:<v>"),
+    ("out of range", usps_edit(lambda t: t.replace(" 256:1.000000", " 256:3.5", 1)), 'line 1: expected \'<label> 1:<v> 2:<v> ... 256:<v>\' with each v in [-1, 1], found "256:3.5"'),
+    ("not a number", usps_edit(lambda t: t.replace(" 2:", " 2:x", 1)), 'found "2:x-0.992157"'),
+    ("index out of place", usps_edit(lambda t: t.replace(" 1:", " 2:", 1)), 'found "2:-1.000000"'),
+    ("label 11", usps_edit(lambda t: "11" + t.removeprefix("10")), "label 11 on line 1"),
+    ("label 0", usps_edit(lambda t: t.replace("\n1 ", "\n0 ", 1)), "label 0 on line 2"),
+    ("folder", to_folder, "is not a file"),
+]
+
+
+@pytest.mark.parametrize("case,corrupt,needle", USPS_CASES, ids=[c[0] for c in USPS_CASES])
+def test_usps_libsvm_refused(case, corrupt, needle, tmp_path):
+    from trainables.formats import read_usps
+
+    path = tmp_path / "usps.t.bz2"
+    path.write_bytes(bz2.compress(usps_text().encode()))
+    assert read_usps(tmp_path, "test")[1].tolist() == [9, 0, 6]
+    corrupt(path)
+    refused(lambda: read_usps(tmp_path, "test"), path.name, needle)
+
+
+MNISTM_IMAGE_CASES = [  # (case, corrupt(the layout's root), file named, needle)
+    ("truncated image", lambda root: truncate(root / "mnist_m_train" / "00000001.png"), "00000001.png", "truncated"),
+    ("image of another size", lambda root: Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(
+        root / "mnist_m_train" / "00000002.png"), "00000002.png", "is 16x16 (HxW) but"),
+    ("image a folder", lambda root: to_folder(root / "mnist_m_train" / "00000001.png"), "00000001.png", "which does not exist"),
+    ("labels a folder", lambda root: to_folder(root / "mnist_m_train_labels.txt"), "mnist_m_train_labels.txt", "is not a file"),
+]
+
+
+@pytest.mark.parametrize("case,corrupt,name,needle", MNISTM_IMAGE_CASES, ids=[c[0] for c in MNISTM_IMAGE_CASES])
+def test_mnistm_images_refused(case, corrupt, name, needle, tmp_path):
+    from trainables.formats import read_mnistm
+
+    mnistm_layout(tmp_path)
+    corrupt(tmp_path)
+    refused(lambda: read_mnistm(tmp_path, "train"), name, needle)
+
+
+CELEBA_CASES = [
+    ("duplicated", "000002.jpg 0\n", "line 4: expected each image once; 000002.jpg is already listed with partition 0"),
+    ("contradictory", "000001.jpg 2\n", "line 4: expected each image once; 000001.jpg is already listed with partition 0 (contradictory)"),
+]
+
+
+@pytest.mark.parametrize("case,line,needle", CELEBA_CASES, ids=[c[0] for c in CELEBA_CASES])
+def test_celeba_partition_lists_each_image_once(case, line, needle, tmp_path):
+    from trainables.formats import read_celeba
+
+    (tmp_path / "img_align_celeba").mkdir()
+    for i in range(1, 4):
+        Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(tmp_path / "img_align_celeba" / f"{i:06d}.jpg")
+    part = tmp_path / "list_eval_partition.txt"
+    part.write_text("000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n")
+    assert len(read_celeba(tmp_path, "train")[0]) == 2
+    part.write_text(part.read_text() + line)
+    refused(lambda: read_celeba(tmp_path, "train"), part.name, needle)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source,case", [("svhn", "label 0"), ("usps", "out of range")])
+def test_train_refuses_a_damaged_dataset_file(source, case, tmp_path):
+    """The CLI path: `gentune train` on a damaged SVHN/USPS file gives one line, exit 2, and writes nothing."""
+    data = tmp_path / "data"
+    data.mkdir()
+    if source == "svhn":
+        path, (_, corrupt, needle) = data / "train_32x32.mat", next(c for c in SVHN_CASES if c[0] == case)
+        mat()(path)
+    else:
+        path, (_, corrupt, needle) = data / "usps.bz2", next(c for c in USPS_CASES if c[0] == case)
+        path.write_bytes(bz2.compress(usps_text().encode()))
+    corrupt(path)
+    out = tmp_path / "run"
+    p = gentune("train", str(REPO / "search" / "specs" / "dann.yaml"), "--set", "epochs=1", "--set", "steps_per_epoch=1",
+                "--set", "batch_size=4", "--set", "eval_every=1", "--set", f"target.source={source}",
+                "--set", f"target.root={data}", "--out", str(out), "--quiet", check=False,
+                env={"GENTUNE_CACHE": str(tmp_path / "cache")})
+    one_line(p, "train", needle)
+    assert path.name in p.stderr and not out.exists()
 
 
 # --- gentune train's own folder ------------------------------------------------------------------------------
