@@ -142,7 +142,10 @@ def evaluated_optuna_search(max_epochs: int, **kwargs):
             if result and is_failure(result.get("stop_reason")):
                 result, error = None, True
             elif result and not error and int(result.get("epoch", max_epochs)) < max_epochs:
-                result = None  # stopped at a rung: Ray's OptunaSearch tells a trial without a result PRUNED
+                # stopped at a rung: Tune hands that result (the rung's value) here, not to on_trial_result, and
+                # Ray's OptunaSearch tells a trial without a result PRUNED
+                self.on_trial_result(trial_id, result)
+                result = None
             super().on_trial_complete(trial_id, result, error)
 
     return EvaluatedOptunaSearch(**kwargs)
