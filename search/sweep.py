@@ -141,11 +141,11 @@ def evaluated_optuna_search(max_epochs: int, **kwargs):
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if result and is_failure(result.get("stop_reason")):
                 result, error = None, True
-            elif result and not error and int(result.get("epoch", max_epochs)) < max_epochs:
-                # stopped at a rung: Tune hands that result (the rung's value) here, not to on_trial_result, and
-                # Ray's OptunaSearch tells a trial without a result PRUNED
+            elif result and not error:
+                # the result that ended the trial (a rung's or the last epoch's) comes here, not to on_trial_result
                 self.on_trial_result(trial_id, result)
-                result = None
+                if int(result.get("epoch", max_epochs)) < max_epochs:
+                    result = None  # stopped at a rung: Ray's OptunaSearch tells a trial without a result PRUNED
             super().on_trial_complete(trial_id, result, error)
 
     return EvaluatedOptunaSearch(**kwargs)
