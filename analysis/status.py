@@ -57,6 +57,7 @@ class StudyStatus:
     ended: float | None = None  # when the study's MLflow run was closed
     state: str = "not started"  # not started / running / finished
     best_trial_tag: str = ""  # gentune.best_trial_id on the study's run (Tune's pick, breaks ties)
+    rank_by: str = "last"  # a trial's value: its last evaluated (last) or its best so far (best)
 
     def counts(self) -> dict[str, int]:
         out = {o: 0 for o in OUTCOMES}
@@ -222,7 +223,9 @@ def merge_study(name: str, info: dict[str, Any], ray: dict[str, dict[str, Any]],
             state = rstate
         else:
             state = "RUNNING" if ml_status in ("RUNNING", "SCHEDULED", None) else "TERMINATED"
-        value = finite(M.data.metrics.get(metric)) if (M is not None and metric) else None
+        # the value the study ranks by: the best evaluated so far (rank_by best, reported as <metric>_best) or the last
+        ranked = f"{metric}_best" if (info.get("rank_by") or {}).get(name) == "best" else metric
+        value = finite(M.data.metrics.get(ranked, M.data.metrics.get(metric))) if (M is not None and metric) else None
         if value is None and metric:
             value = finite(res.get(metric))
         epoch = res.get("epoch")
@@ -253,7 +256,7 @@ def fill_from_history(uri: str, st: StudyStatus) -> str | None:
 
         c = MlflowClient(tracking_uri=uri)
         for t in need:
-            hist = c.get_metric_history(t.run_id, st.metric)
+            hist = c.get_metric_history(t.run_id, f"{st.metric}_best" if st.rank_by == "best" else st.metric)
             if not hist:
                 continue
             last = max(hist, key=lambda m: (m.step, m.timestamp))
@@ -319,7 +322,7 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
         notes += [f"{name}: {x}" for x in n]
         st = StudyStatus(name=name, family=(info.get("families") or {}).get(name, ""), metric=metric or "?",
                          mode=mode or "max", time_budget_s=number(budgets.get(name)) or None,
-                         planned=(planned or {}).get(name))
+                         planned=(planned or {}).get(name), rank_by=(info.get("rank_by") or {}).get(name, "last"))
         st.trials = merge_study(name, info, ray, runs, now)
         note = fill_from_history(uri, st)
         if note:

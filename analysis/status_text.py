@@ -56,7 +56,8 @@ def format_status(s: SweepStatus, *, trials: bool = True) -> str:
         b = st.best
         if b is not None:
             lines.append(f"best so far: {st.metric}={fmt_value(b.value)}  trial {b.trial_id}"
-                         + (f" (run {b.run_name})" if b.run_name else ""))
+                         + (f" (run {b.run_name})" if b.run_name else "")
+                         + ("  (each trial at its best evaluated epoch: rank_by best)" if st.rank_by == "best" else ""))
         else:
             lines.append(f"best so far: none (no trial has reported {st.metric} yet)")
         used = st.used_s(s.now)

@@ -130,6 +130,8 @@ class SweepFile:
     objectives: dict[str, list[tuple[str, Mode]]] = field(default_factory=dict)
     time_budget_s: dict[str, Annotated[float, Range(0)] | None] = field(default_factory=dict)
     trials: dict[str, Annotated[int, Range(0)]] = field(default_factory=dict)
+    rank_by: dict[str, Literal["best", "last"]] = field(default_factory=dict)
+    repeats: dict[str, Annotated[int, Range(1)]] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
     spec_path: str = ""
     overrides: list[str] = field(default_factory=list)
@@ -144,7 +146,7 @@ class SweepFile:
         from trainables.families import known
 
         names = set(info["studies"])
-        for key in ("families", "metrics", "objectives", "time_budget_s", "trials"):
+        for key in ("families", "metrics", "objectives", "time_budget_s", "trials", "rank_by", "repeats"):
             for name in info.get(key) or {}:
                 if name not in names:
                     return f"{key}.{name}", f"a study listed in studies ({', '.join(info['studies'])})", NOTHING

@@ -78,10 +78,21 @@ def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = ()
                 came = {"exploited_from": str(donor), "exploited_epoch": int(resume["epoch"])}
     metric, mode = rank
     worst = -math.inf if mode == "max" else math.inf
+    # the best evaluated value so far and its epoch, reported with every result (`status` reads them from the run)
+    peak: list = [None, None]
+    for h in (resume or {}).get("history", []) if repeats == 1 else []:
+        v = h.get(metric)
+        if isinstance(v, (int, float)) and math.isfinite(v) and (peak[0] is None or (v >= peak[0] if mode == "max" else v <= peak[0])):
+            peak[:] = [float(v), int(h["epoch"])]
 
     def sink(e: Epoch) -> None:
         metrics = {**e.metrics, **came}
         came.clear()
+        v = e.metrics.get(metric)
+        if isinstance(v, (int, float)) and math.isfinite(v) and (peak[0] is None or (v >= peak[0] if mode == "max" else v <= peak[0])):
+            peak[:] = [float(v), e.epoch]
+        if peak[0] is not None and metric:
+            metrics[f"{metric}_best"], metrics["best_epoch"] = peak
         if e.seeds:
             metrics["seeds"] = {str(s): m for s, m in e.seeds.items()}
         if e.stop_reason:
@@ -714,7 +725,8 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
                     "families": {s.name: s.family for s in spec.studies}, "metrics": {s.name: [s.metric, s.mode] for s in spec.studies},
                     "objectives": {s.name: [list(o) for o in s.objectives] for s in spec.studies},
                     "time_budget_s": {s.name: s.time_budget_s for s in spec.studies},
-                    "trials": {s.name: s.trials for s in spec.studies}, "spec": spec.source, **(meta or {})}
+                    "trials": {s.name: s.trials for s in spec.studies}, "rank_by": {s.name: s.rank_by for s in spec.studies},
+                    "repeats": {s.name: s.repeats for s in spec.studies}, "spec": spec.source, **(meta or {})}
             info["started"] = (old_info or {}).get("started", time.time())
             info["state"] = "running"
             _write_json(rp / "sweep.json", info)

@@ -209,3 +209,53 @@ def test_an_asha_stopped_trial_reaches_optuna_pruned_with_its_values(reps):
     assert bad.intermediate_values == {1: pytest.approx(runs[0.3].data.metrics["val_acc"])}
     assert good.state == optuna.trial.TrialState.COMPLETE and sorted(good.intermediate_values) == [1, 2, 3, 4]
     assert good.value == pytest.approx(runs[0.003].data.metrics["val_acc"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_driver_killed_mid_study_resumes_every_seed_once(tmp_path, cache_dir):
+    """SIGKILL of the driver's whole session while configurations of 2 seeds train; `--resume` finishes them
+    from their checkpoints (every seed's state at the same epoch), and MLflow holds each seed's epochs once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.test_sweep import result_epochs
+    from tests.test_sweep_interrupts import sweep, wait_until
+
+    epochs = 8
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(f"""\
+name: kill
+family: toy
+config: {{epochs: {epochs}, steps_per_epoch: 150, batch_size: 64}}
+search:
+  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
+budget: {{trials: 2, scheduler: fifo, repeats: 2}}
+resources: {{cpu: 1, gpu: 0}}
+concurrency: 2
+""")
+    args = [str(spec), "--storage", str(tmp_path / "runs"), "--quiet"]
+    root = tmp_path / "runs" / "kill"
+    p = sweep(*args)
+    wait_until(p, lambda: len(ep := result_epochs(root)) == 2 and all(2 <= max(v) < epochs - 2 for v in ep.values()))
+    os.killpg(p.pid, signal.SIGKILL)
+    p.communicate(timeout=60)
+    r = subprocess.run([sys.executable, "-m", "search.cli", "sweep", *args, "--resume"], cwd=REPO,
+                       env={**os.environ, **TOY_ENV}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("kill").experiment_id], max_results=100)
+    kinds = [r.data.tags["gentune.kind"] for r in runs]
+    assert sorted(kinds) == ["seed"] * 4 + ["study"] + ["trial"] * 2 and {r.info.status for r in runs} == {"FINISHED"}
+    seeds: dict[str, list[int]] = {}
+    for run in runs:
+        if run.data.tags["gentune.kind"] == "seed":
+            seeds.setdefault(run.data.tags["gentune.config_trial_id"], []).append(int(run.data.params["seed"]))
+        if run.data.tags["gentune.kind"] != "study":  # every epoch once, none lost, none twice
+            assert [m.step for m in c.get_metric_history(run.info.run_id, "epoch_time_s")] == list(range(1, epochs + 1))
+    assert sorted(map(sorted, seeds.values())) == [[0, 1], [0, 1]]

@@ -3,6 +3,7 @@ an exported bundle, and images or labels made from that bundle alone."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from search.commands import Help
@@ -47,7 +48,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     trial, path = export_best(sweep, args.out, study=args.study, metric=args.metric, mode=args.mode,
                               trial_id=args.trial, force=args.force, quiet=args.quiet, rank_by=args.rank_by,
                               seed_pick=args.seed_pick)
-    test = trial.value("target_test_acc")  # DANN: the held-out half, never used to choose the trial
+    # DANN: the held-out half, never used to choose the trial, at the exported epoch (and seed)
+    test = (json.loads((path / "bundle.json").read_text()).get("metrics") or {}).get("target_test_acc")
     held_out = f"; target test accuracy {test:.3f}, held out from the choice" if test is not None else ""
     print(f"export: trial {trial.trial_id} (study {trial.study}{held_out}) -> {path}")
     if args.register:
