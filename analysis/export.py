@@ -413,7 +413,8 @@ def export_best(sweep, out: str | Path, *, study: str | None = None, metric: str
     ckpt, value, epoch, seed, which = chosen_checkpoint(sweep, best, metric, mode, rank_by, seed_pick)
     at = f"its best epoch, {ckpt.get('epoch')} (rank_by best)" if epoch is not None else f"its last epoch, {ckpt.get('epoch')}"
     log(f"gentune export: trial {best.trial_id} of study {st.name}, {metric}={value:.6g} at {at}{how}{which} -> {out}", quiet)
-    own = (ckpt.get("history") or [{}])[-1]  # the exported run's own metrics at the exported epoch
+    # the exported run's own metrics at the exported epoch (the epoch itself is the bundle's own field)
+    own = {k: v for k, v in (ckpt.get("history") or [{}])[-1].items() if k != "epoch"}
     metrics = {**(best.metrics if epoch is None and seed is None else {}), **own}
     path = write_bundle(Path(out), ckpt, metrics=metrics, sweep=sweep.name, study=st.name,
                         trial_id=best.trial_id if seed is None else f"{best.trial_id}:s{seed}", force=force, quiet=quiet)

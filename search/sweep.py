@@ -62,7 +62,7 @@ def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = ()
     from PIL import Image
 
     from trainables.checkpoint import save_checkpoint
-    from trainables.loop import Epoch, fit, fit_repeated
+    from trainables.loop import Epoch, combine, fit, fit_repeated
 
     me = tune.get_context().get_trial_id() or ""
     resume, lineage, came = None, [], {}
@@ -80,17 +80,21 @@ def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = ()
     worst = -math.inf if mode == "max" else math.inf
     # the best evaluated value so far and its epoch, reported with every result (`status` reads them from the run)
     peak: list = [None, None]
-    for h in (resume or {}).get("history", []) if repeats == 1 else []:
-        v = h.get(metric)
+
+    def offer(m: dict) -> None:  # of equal values the later epoch, as Tune keeps the later of equal-scored checkpoints
+        v = m.get(metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and (peak[0] is None or (v >= peak[0] if mode == "max" else v <= peak[0])):
-            peak[:] = [float(v), int(h["epoch"])]
+            peak[:] = [float(v), int(m["epoch"])]
+
+    if resume is not None:  # the epochs before the checkpoint: the run's own, or its seeds' combined
+        runs = list(resume.values()) if repeats > 1 else [resume]
+        for i in range(min(len(r["history"]) for r in runs)):
+            offer(combine({n: r["history"][i] for n, r in enumerate(runs)}, aggregate) if repeats > 1 else runs[0]["history"][i])
 
     def sink(e: Epoch) -> None:
         metrics = {**e.metrics, **came}
         came.clear()
-        v = e.metrics.get(metric)
-        if isinstance(v, (int, float)) and math.isfinite(v) and (peak[0] is None or (v >= peak[0] if mode == "max" else v <= peak[0])):
-            peak[:] = [float(v), e.epoch]
+        offer(e.metrics)
         if peak[0] is not None and metric:
             metrics[f"{metric}_best"], metrics["best_epoch"] = peak
         if e.seeds:

@@ -36,7 +36,7 @@ DROP = {"root", "now", "started", "ended", "last_result", "last_activity", "run_
 def _id_labels(compare_csv: str) -> dict[str, str]:
     """{trial id: '<study>/<k>'}, k the trial's rank by its params within the study (ids are random)."""
     rows = list(csv.DictReader(io.StringIO(compare_csv)))
-    skip = {"trial_id", "status", "stop_reason", "epochs", "final", "best"}
+    skip = {"trial_id", "status", "stop_reason", "epochs", "final", "best", "best_epoch", "seed", "sd", "n"}
     by_study: dict[str, list[tuple[str, str]]] = {}
     for r in rows:
         sig = json.dumps({k: v for k, v in r.items() if k not in skip}, sort_keys=True)

@@ -258,4 +258,8 @@ concurrency: 2
             seeds.setdefault(run.data.tags["gentune.config_trial_id"], []).append(int(run.data.params["seed"]))
         if run.data.tags["gentune.kind"] != "study":  # every epoch once, none lost, none twice
             assert [m.step for m in c.get_metric_history(run.info.run_id, "epoch_time_s")] == list(range(1, epochs + 1))
+        if run.data.tags["gentune.kind"] == "trial":  # the best so far, carried across the restart
+            accs = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "val_acc")}
+            assert run.data.metrics["val_acc_best"] == max(accs.values())
+            assert run.data.metrics["best_epoch"] == max(e for e, v in accs.items() if v == max(accs.values()))
     assert sorted(map(sorted, seeds.values())) == [[0, 1], [0, 1]]
