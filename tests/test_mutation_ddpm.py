@@ -174,3 +174,47 @@ def test_graph_step_autocast_is_the_callers_without_the_weight_cache(monkeypatch
     sampler._sample_graphed(torch.tensor([0]), 1.0, torch.Generator().manual_seed(0), (), (3, 28, 28))
     # autocast off outside (on the CPU it always is), the dtype autocast would use, its cast cache off in a graph
     assert seen == [("cuda", want_dtype, False, False)] * 2
+
+
+@pytest.mark.parametrize("cuda_graph, device, training, graphed", [
+    (True, "cuda", False, True),  # the only case that replays a CUDA graph
+    (False, "cuda", False, False), (True, "cpu", False, False), (True, "cuda", True, False), (False, "cpu", True, False),
+])
+def test_sample_replays_a_graph_only_with_cuda_labels_an_eval_model_and_cuda_graph_on(
+        cuda_graph, device, training, graphed) -> None:
+    class Labels:  # stands for a CUDA tensor: the dispatch reads its device only
+        def __init__(self, kind):
+            self.device = torch.device("cpu") if kind == "cpu" else type("D", (), {"type": kind})()
+            self.shape = (1,)
+
+    net = Affine().train(training)
+    sampler = GuidedSampler(net, NoiseSchedule(2), cuda_graph=cuda_graph)
+    calls = []
+    sampler._sample_graphed = lambda *args: calls.append(args) or ("graphed", {})
+    labels, gen = Labels(device), torch.Generator().manual_seed(0)
+    if graphed:
+        assert sampler.sample(labels, 0.5, generator=gen, keep_at=(1,), size=(3, 4, 4)) == ("graphed", {})
+        assert calls == [(labels, 0.5, gen, (1,), (3, 4, 4))]
+    else:
+        with pytest.raises(Exception):  # the eager path ran, and stopped at the stand-in labels
+            sampler.sample(labels, 0.5, generator=gen)
+        assert calls == []
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0])
+def test_every_tensor_a_sampler_makes_is_on_the_labels_device(w) -> None:
+    seen = []
+
+    def net(x, c, t, drop):
+        seen.append((x.device.type, c.device.type, t.device.type, drop.device.type))
+        return torch.zeros_like(x)
+
+    labels = torch.tensor([1, 2], device="meta")  # meta: a device other than the CPU default, on any machine
+    s = NoiseSchedule(2, device="meta")
+    x, kept = GuidedSampler(net, s, cuda_graph=False).sample(labels, w, keep_at=(2, 1))
+    assert x.device.type == "meta" and {k: v.device.type for k, v in kept.items()} == {2: "meta", 1: "meta"}
+    assert seen == [("meta",) * 4] * 2
+    seen.clear()
+    x, kept = GuidedSampler(net, s)._sample_graphed(labels, w, None, (2, 1), (3, 28, 28))
+    assert x.device.type == "meta" and {k: v.device.type for k, v in kept.items()} == {2: "meta", 1: "meta"}
+    assert seen == [("meta",) * 4] * 2
