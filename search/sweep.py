@@ -380,6 +380,29 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
     return grid, best, interrupted
 
 
+def check_tune_state(folder: Path) -> None:
+    """What Tuner.restore reads of a study's folder, checked first: a damaged file is one line naming it, not
+    Ray's traceback from the middle of its restore. tuner.pkl and the searcher's state are unpickled (files this
+    sweep wrote; Ray loads them the same way), the newest experiment state must be Tune's JSON."""
+    import cloudpickle
+
+    from trainables.filecheck import fail, read_json, require_file
+
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if states:
+        state = read_json(states[-1], "Ray Tune's experiment state (a JSON object)")
+        if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
+            raise fail(states[-1], "trial_data", "Ray Tune's list of trials",
+                       state.get("trial_data") if isinstance(state, dict) else state)
+    for f in [folder / "tuner.pkl", *sorted(folder.glob("searcher-state-*.pkl"))[-1:]]:
+        require_file(f, "Ray Tune's saved state")
+        try:
+            with open(f, "rb") as fh:
+                cloudpickle.load(fh)
+        except Exception as e:  # whatever unpickling raises on a damaged file: the file is named, the cause shown
+            raise fail(f, "", f"Ray Tune's saved state (it does not unpickle: {type(e).__name__}: {str(e)[:120]})") from None
+
+
 def tune_domain(d: Domain):
     from ray import tune
 
@@ -652,6 +675,9 @@ def check_folder(rp: Path, resume: bool, source: dict, smoke: bool) -> dict | No
     db = rp / "optuna.db"
     if db.exists() or db.is_symlink():  # before Optuna opens it: it would add its tables to a foreign or emptied file
         check_optuna_db(db)
+    for name in info["studies"]:  # what Tune will restore, before any study resumes and writes
+        if (rp / name / "tuner.pkl").exists():
+            check_tune_state(rp / name)
     diff = [d.replace("__set__.", "--set ") for d in spec_differences(info.get("spec"), source)]
     if bool(info.get("smoke")) != bool(smoke):
         diff.append("--smoke")

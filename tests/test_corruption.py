@@ -185,8 +185,19 @@ SWEEP_CASES = [
      "expected the sweep's stored Optuna studies"),
 ]
 
+TUNER = lambda r: r / "gan" / "tuner.pkl"  # noqa: E731
+SEARCHER = lambda r: Path(sorted(glob.glob(str(r / "gan" / "searcher-state-*.pkl")))[-1])  # noqa: E731
+SWEEP_CASES += [  # what Tuner.restore reads on --resume
+    ("tune state", "tuner.pkl truncated", on(TUNER, truncate), "tuner.pkl: expected Ray Tune's saved state (it does not unpickle"),
+    ("tune state", "tuner.pkl empty", on(TUNER, empty), "tuner.pkl is empty"),
+    ("tune state", "searcher truncated", on(SEARCHER, truncate), ".pkl: expected Ray Tune's saved state (it does not unpickle"),
+    ("tune state", "experiment state not Tune's", on(lambda r: state_file(r, "gan"), edit_json(set_key("trial_data", 3))),
+     "trial_data: expected Ray Tune's list of trials, found 3"),
+]
+
 # The commands that read each kind (through the real CLI, slow set).
 READERS = {
+    "tune state": ["resume"],
     "sweep.json": ["status", "compare", "summary", "report", "export", "resume", "dashboard"],
     "experiment_state": ["status"],
     "result.json": ["status", "export", "report"],
@@ -248,6 +259,10 @@ def in_process(kind: str, root: Path) -> None:
             load_checkpoint(p)
     elif kind == "optuna.db":
         check_optuna_db(root / "optuna.db")
+    elif kind == "tune state":
+        from search.sweep import check_tune_state
+
+        check_tune_state(root / "gan")
     else:
         Sweep(root)
 
@@ -255,7 +270,8 @@ def in_process(kind: str, root: Path) -> None:
 DEFAULT = {("sweep.json", c) for c in ("truncated", "wrong type", "contradictory", "folder")} | {
     ("experiment_state", "truncated"), ("experiment_state", "out of range"), ("result.json", "damaged line"),
     ("result.json", "contradictory"), ("waiting.json", "wrong type"), ("checkpoint", "truncated"),
-    ("checkpoint", "contradictory"), ("optuna.db", "not optuna")}
+    ("checkpoint", "contradictory"), ("optuna.db", "not optuna"), ("tune state", "tuner.pkl truncated"),
+    ("tune state", "searcher truncated"), ("tune state", "experiment state not Tune's")}
 
 
 @pytest.mark.parametrize("kind,case,corrupt,needle", [c for c in SWEEP_CASES if (c[0], c[1]) in DEFAULT],
@@ -273,7 +289,7 @@ def test_reader_refuses(kind, case, corrupt, needle, sweep_copy):
 
 def test_intact_sweep_reads(sweep_copy):
     """The schemas accept what gentune and Ray really write."""
-    for kind in ("sweep.json", "experiment_state", "checkpoint", "optuna.db"):
+    for kind in ("sweep.json", "experiment_state", "checkpoint", "optuna.db", "tune state"):
         in_process(kind, sweep_copy)
 
 
