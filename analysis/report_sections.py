@@ -72,7 +72,9 @@ def gan(rep: Report) -> list[Section]:
         # the demo's 100 faces are all training faces: its FID reference is the training set, not held-out faces
         demo = demo or (fid is not None and cfg.data.source == "demo")
         fid_name = "FID vs training faces" if cfg.data.source == "demo" else "FID"
-        cap = f"model {cfg.model}, trial {t.trial_id}: face rate {pct(fr)}" + (f", {fid_name} {fid:.2f}" if fid is not None else "")
+        # a configuration repeated over seeds: its images are the exported seed's, its numbers the seeds' aggregate
+        one = f" (images of seed {cfg.seed}; numbers: mean of its {len(rep.sweep.seeds(t))} seeds)" if rep.sweep.seeds(t) else ""
+        cap = f"model {cfg.model}, trial {t.trial_id}{one}: face rate {pct(fr)}" + (f", {fid_name} {fid:.2f}" if fid is not None else "")
         panels.append((cap, image_grid(x, 8)))
         shown.add(cfg.model)
         s.studies.add(t.study)
