@@ -709,3 +709,25 @@ def test_train_refuses_a_damaged_run_folder(case, smoke_sweep, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert len([x for x in p.stderr.splitlines() if x.startswith("gentune train: error:")]) == 1
     assert tree_hash(out) == before
+
+
+def test_status_reads_past_a_line_being_written_only_while_the_driver_lives(sweep_copy):
+    """A result line half-appended is what a live sweep leaves between two writes: status shows the trial
+    without it. The same file with no driver holding the folder is a damaged file, refused naming the line."""
+    from analysis.status import read_status
+    from search.sweep import SweepLock
+    from trainables.errors import GentuneError
+
+    res = result_file(sweep_copy)
+    lines = res.read_text().splitlines()
+    with open(res, "a") as f:
+        f.write(lines[-1][: len(lines[-1]) // 2])  # no newline: being appended
+    uri = f"sqlite:///{sweep_copy / 'mlflow.db'}"
+    lock = SweepLock(sweep_copy)  # this process holds the folder as a running driver does
+    try:
+        st = read_status(sweep_copy, tracking_uri=uri)
+        assert st.driver_alive and any(s.name == "dann" and len(s.trials) == 2 for s in st.studies)
+    finally:
+        lock.release()
+    with pytest.raises(GentuneError, match=rf"result.json: line {len(lines) + 1}"):
+        read_status(sweep_copy, tracking_uri=uri)
