@@ -37,10 +37,10 @@ NEW_TESTS = "tests/test_mutation_{}.py"  # each module's tests written to kill i
 # subprocess (mutmut cannot see which function a subprocess reaches) or train for tens of seconds are left out.
 MODULES: dict[str, dict] = {
     "sweepdata": {
-        "about": "best-trial choice: better(), Trial.value, Sweep.finished/best_value/best_trial, parse_param",
+        "about": "best-trial choice: better(), Trial.value, Sweep.finished/best_epoch/best_value/score/best_trial, parse_param",
         "files": ["analysis/sweepdata.py"],
-        "functions": ["x_better", "xǁTrialǁvalue", "xǁSweepǁfinished", "xǁSweepǁbest_value", "xǁSweepǁbest_trial",
-                      "x_parse_param"],
+        "functions": ["x_better", "xǁTrialǁvalue", "xǁSweepǁfinished", "xǁSweepǁbest_epoch", "xǁSweepǁbest_value",
+                      "xǁSweepǁscore", "xǁSweepǁbest_trial", "x_parse_param"],
         "tests": ["tests/test_best_trial.py"],
     },
     "pareto": {

@@ -27,6 +27,7 @@ def test_literal_takes_yaml_booleans_as_on_off_only_where_on_off_are_choices() -
     auto = Literal["auto", "on", "off"]
     assert _coerce("amp", True, auto) == "on" and _coerce("amp", False, auto) == "off"
     assert _coerce("amp", "auto", auto) == "auto"
+    assert _coerce("x", True, Literal["on", "off"]) == "on"  # on/off may be all the choices
     refused(lambda: _coerce("device", True, Literal["auto", "cpu", "cuda"]),
             "device: True is not one of 'auto', 'cpu', 'cuda'")
     refused(lambda: _coerce("model", "C", Literal["A", "B"]), "model: 'C' is not one of 'A', 'B'")

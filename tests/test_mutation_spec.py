@@ -28,6 +28,8 @@ def refused(fn, match: str):
 
 def test_plain_name() -> None:
     assert plain_name("w", "a-b_c.9") == "a-b_c.9" and plain_name("w", "..x") == "..x"
+    every = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+    assert plain_name("w", every) == every  # a name may use every allowed character
     for bad in ("", ".", "..", "a/b", "a b", "ä", 3, None):
         refused(lambda: plain_name("studies[1].name", bad),
                 f"studies[1].name: {bad!r} is not a plain name; use letters, digits, '-', '_' and '.' only")
@@ -143,8 +145,9 @@ def test_set_sweep_keys_and_study_keys() -> None:
 
 
 def test_set_studies_is_never_a_sweep_key() -> None:
-    raw = apply_overrides({"family": "gan"}, ["sweep.studies=x", "studies=y"])
-    assert "studies" not in raw and raw["__set__"] == {"sweep.studies": "x", "studies": "y"}
+    raw = apply_overrides({"family": "gan"}, ["sweep.studies=x", "studies=y", "abcdefseed=1"])
+    assert "studies" not in raw and "seed" not in raw
+    assert raw["__set__"] == {"sweep.studies": "x", "studies": "y", "abcdefseed": 1}
     refused(lambda: parse_spec({"family": "gan"}, ["sweep.studies=x"]),
             "--set sweep.studies: unknown config key; valid keys: " + ", ".join(flat_keys(GANConfig)))
 
@@ -174,10 +177,11 @@ def test_parse_spec_defaults() -> None:
     assert (sp.name, sp.seed, sp.storage, sp.tracking_uri, sp.experiment, sp.max_failures) == ("n", 4, "st", "", "e", 0)
 
 
-def test_parse_spec_does_not_change_its_input() -> None:
+def test_parse_spec_does_not_change_its_input_and_keeps_the_resolved_one() -> None:
     raw = {"family": "dann", "search": {"lr": {"uniform": [0.001, 0.01]}}}
-    parse_spec(raw, ["lr=0.005"])
+    sp = parse_spec(raw, ["lr=0.005"])
     assert raw == {"family": "dann", "search": {"lr": {"uniform": [0.001, 0.01]}}}
+    assert sp.source == {"family": "dann", "search": {}, "__set__": {"lr": 0.005}}  # saved with the sweep
 
 
 def test_parse_spec_of_several_studies() -> None:
@@ -185,6 +189,8 @@ def test_parse_spec_of_several_studies() -> None:
                      "studies": [{"family": "gan", "name": "a", "metric": "face_score"}, {"family": "dann", "name": "b"}]})
     assert [s.name for s in sp.studies] == ["a", "b"]
     assert all(s.concurrency == 3 and s.cpu == 2 for s in sp.studies)  # sweep-wide defaults reach every study
+    small = parse_spec({"studies": [{"family": "dann", "config": {"epochs": 50}, "budget": {"trials": 9}}]}, smoke=True)
+    assert small.studies[0].trials == 2 and small.studies[0].epochs < 50  # --smoke reaches each study
     refused(lambda: parse_spec({"studies": []}), "studies: expected a non-empty list of studies")
     refused(lambda: parse_spec({"studies": {"family": "gan"}}), "studies: expected a non-empty list of studies")
     refused(lambda: parse_spec({"studies": [{"family": "dann"}, {"family": "dann"}]}),

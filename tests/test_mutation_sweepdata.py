@@ -18,10 +18,12 @@ def trial(tid: str, value: float | None, status: str = "FINISHED", study: str = 
     return Trial(f"run-{tid}", tid, study, "dann", status, "", params, metrics, "", start)
 
 
-def sweep(trials: list[Trial], mode: str = "max", tagged: str = "", history: dict | None = None) -> Sweep:
+def sweep(trials: list[Trial], mode: str = "max", tagged: str = "", history: dict | None = None,
+          rank_by: str = "last") -> Sweep:
     sw = Sweep.__new__(Sweep)
     sw.name = "s"
-    sw.__dict__.update(all_trials=trials, studies={"s": Study("s", "dann", "m", mode, "p")}, best_tags={"s": tagged})
+    sw.__dict__.update(all_trials=trials, studies={"s": Study("s", "dann", "m", mode, "p", rank_by=rank_by)},
+                       best_tags={"s": tagged})
     sw._history = dict(history or {})
     return sw
 
@@ -104,8 +106,37 @@ def test_best_value_is_the_best_finite_value_of_the_history() -> None:
     ("True", True), ("False", False), ("true", True), ("false", False), (" True ", True),
     ("3", 3), ("-2", -2), (" 7 ", 7), ("0.5", 0.5), ("1e-4", 1e-4), ("inf", math.inf),
     ("[1, 2]", [1, 2]), ("['a', 'b']", ["a", "b"]), ("[0.0, 0.5]", [0.0, 0.5]), ("[]", []),
-    ("[1, 2", "[1, 2"), ("[oops]", "[oops]"), ("hello", "hello"), ("TRUE", "TRUE"), ("", ""), ("None", "None"),
+    ("[1, 2", "[1, 2"), ("[oops]", "[oops]"), ("'a]'", "'a]'"), ("['a'", "['a'"), ("hello", "hello"), ("TRUE", "TRUE"), ("", ""), ("None", "None"),
 ])
 def test_parse_param(text, value) -> None:
     got = parse_param(text)
     assert got == value and type(got) is type(value)
+
+
+def test_best_epoch_is_the_latest_of_equal_best_values() -> None:
+    t = trial("a", 0.5)
+    sw = sweep([t], history={("run-a", "m"): [(1, 0.3), (2, 0.8), (3, math.nan), (4, 0.8), (5, 0.1), (6, 0.3)]})
+    assert sw.best_epoch(t, "m", "max") == (4, 0.8)  # the checkpoint Tune keeps: of equal scores, the later
+    assert sw.best_epoch(t, "m", "min") == (5, 0.1)
+    assert sweep([t], history={("run-a", "m"): [(1, math.inf)]}).best_epoch(t, "m", "min") is None
+
+
+def test_score_is_the_last_or_the_best_epochs_value() -> None:
+    t = trial("a", 0.5)
+    sw = sweep([t], history={("run-a", "m"): [(1, 0.3), (2, 0.9), (3, 0.5)]})
+    assert sw.score(t, "m", "max", "last") == 0.5 and sw.score(t, "m", "max", "best") == 0.9
+    assert sw.score(t, "m", "min", "best") == 0.3
+
+
+def test_best_trial_by_the_best_epoch() -> None:
+    ts = [trial("a", 0.9), trial("b", 0.4), trial("c", 0.8), trial("d", 0.95)]
+    hist = {("run-a", "m"): [(1, 0.9)], ("run-b", "m"): [(1, 0.99), (2, 0.4)], ("run-c", "m"): [(1, 0.8)],
+            ("run-d", "m"): []}  # d: finished, but no evaluated epoch to rank by: skipped, the rest still read
+    assert sweep(ts, history=hist, rank_by="best").best_trial("s").trial_id == "b"
+    assert sweep(ts, history=hist).best_trial("s").trial_id == "d"  # by the last value
+    assert sweep(ts, history=hist).best_trial("s", rank_by="best").trial_id == "b"
+    # the sweep's tag is about the study's own ranking: asked by another, a tie goes to the first
+    tie = [trial("a", 0.9), trial("b", 0.9)]
+    h = {("run-a", "m"): [(1, 0.9)], ("run-b", "m"): [(1, 0.9)]}
+    assert sweep(tie, tagged="b", history=h).best_trial("s").trial_id == "b"
+    assert sweep(tie, tagged="b", history=h).best_trial("s", rank_by="best").trial_id == "a"
