@@ -295,6 +295,7 @@ def test_diverged_trials_make_the_sweep_exit_nonzero(tmp_path, cache_dir) -> Non
                    "T=50", "budget.trials=2", "budget.grace_period=1", "guidance=[0.0,2.0]"]),
     ("seed.yaml", ["epochs=2", "eval_every=1", "steps_per_epoch=1", "batch_size=16", "n_eval=16", "n_per_digit=1",
                    "n_feat=16"]),
+    ("gan-seeds.yaml", ["epochs=2", "eval_every=1", "steps_per_epoch=2", "batch_size=16", "n_eval=16"]),
 ])
 def test_every_shipped_spec_runs_as_written(spec, sets, tmp_path, cache_dir) -> None:
     """(quickstart.yaml runs as written, full size, in tests/test_readme.py::test_quickstart_script.)"""
@@ -302,8 +303,12 @@ def test_every_shipped_spec_runs_as_written(spec, sets, tmp_path, cache_dir) -> 
     assert p.returncode == 0, p.stderr[-3000:]
     root = next((tmp_path / "s").iterdir())
     runs = trial_runs(root)
-    planned = sum(s.trials for s in load_spec(SPECS / spec, sets).studies)
-    assert len(runs) == planned and all(r.info.status == "FINISHED" for r in runs)
+    studies = load_spec(SPECS / spec, sets).studies
+    assert len(runs) == sum(s.trials for s in studies) and all(r.info.status == "FINISHED" for r in runs)
+    info = json.loads((root / "sweep.json").read_text())
+    seeds = MlflowClient(info["tracking_uri"]).search_runs([info["experiment_id"]], "tags.`gentune.kind` = 'seed'")
+    assert len(seeds) == sum(s.trials * s.repeats for s in studies if s.repeats > 1)  # a run per seed where repeated
+    assert all(r.info.status == "FINISHED" for r in seeds)
 
 
 REAL_DANN = """
