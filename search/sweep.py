@@ -142,8 +142,14 @@ def evaluated_optuna_search(max_epochs: int, **kwargs):
 
     class EvaluatedOptunaSearch(OptunaSearch):
         def _setup_study(self, mode):
+            import warnings
+
+            import optuna
+
             super()._setup_study(mode)
-            self._ot_study.set_metric_names(self._metric if isinstance(self._metric, list) else [self._metric])
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2: not a line for the user
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(self._metric if isinstance(self._metric, list) else [self._metric])
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             # a multi-objective study has no intermediate values in Optuna
