@@ -77,7 +77,8 @@ def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = ()
                 lineage.append([int(resume["epoch"]), str(donor)])
                 came = {"exploited_from": str(donor), "exploited_epoch": int(resume["epoch"])}
     metric, mode = rank
-    worst = -math.inf if mode == "max" else math.inf
+    # the worst score, finite: Tune's TensorBoard logger prints a line for every inf it is given
+    worst = -sys.float_info.max if mode == "max" else sys.float_info.max
     # the best evaluated value so far and its epoch, reported with every result (`status` reads them from the run)
     peak: list = [None, None]
 
