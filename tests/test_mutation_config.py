@@ -39,6 +39,8 @@ def test_union_takes_the_first_arm_that_fits() -> None:
     assert _coerce("k", "12", int | str) == 12  # int is tried first
     assert _coerce("k", 2, float | int) == 2.0 and type(_coerce("k", 2, float | int)) is float
     refused(lambda: _coerce("k", 3.5, int | bool), "k: 3.5 does not match int | bool")
+    with pytest.raises(TypeError, match=r"^unsupported config type <class 'bytes'> for k$"):  # names the key
+        _coerce("k", "x", int | bytes)
 
 
 def test_tuple_of_floats_from_a_list_or_one_value() -> None:

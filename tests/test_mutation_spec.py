@@ -175,6 +175,7 @@ def test_parse_spec_defaults() -> None:
     sp = parse_spec({"family": "dann", "name": "n", "seed": 4.0, "storage": "st", "tracking_uri": None,
                      "experiment": "e", "max_failures": 0})
     assert (sp.name, sp.seed, sp.storage, sp.tracking_uri, sp.experiment, sp.max_failures) == ("n", 4, "st", "", "e", 0)
+    assert parse_spec({"family": "dann", "tracking_uri": "http://h:5000"}).tracking_uri == "http://h:5000"
 
 
 def test_parse_spec_does_not_change_its_input_and_keeps_the_resolved_one() -> None:
@@ -204,5 +205,6 @@ def test_parse_spec_refusals() -> None:
     refused(lambda: parse_spec({"family": "dann", "max_failures": -1}),
             "max_failures: -1 is out of range; expected retries per trial >= 0")
     refused(lambda: parse_spec({"family": "dann", "seed": 1.5}), "seed: expected an integer, got 1.5")
+    refused(lambda: parse_spec({"family": "dann", "max_failures": "two"}), "max_failures: expected a number, got 'two'")
     refused(lambda: parse_spec({"family": "dann", "name": "a b"}),
             "name: 'a b' is not a plain name; use letters, digits, '-', '_' and '.' only")

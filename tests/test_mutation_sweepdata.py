@@ -129,10 +129,13 @@ def test_score_is_the_last_or_the_best_epochs_value() -> None:
 
 
 def test_best_trial_by_the_best_epoch() -> None:
-    ts = [trial("a", 0.9), trial("b", 0.4), trial("c", 0.8), trial("d", 0.95)]
-    hist = {("run-a", "m"): [(1, 0.9)], ("run-b", "m"): [(1, 0.99), (2, 0.4)], ("run-c", "m"): [(1, 0.8)],
+    ts = [trial("d", 0.95), trial("a", 0.9), trial("b", 0.4), trial("c", 0.8)]
+    hist = {("run-a", "m"): [(1, 0.9)], ("run-b", "m"): [(1, 0.99), (2, 0.4)], ("run-c", "m"): [(1, 0.8), (2, 0.85)],
             ("run-d", "m"): []}  # d: finished, but no evaluated epoch to rank by: skipped, the rest still read
     assert sweep(ts, history=hist, rank_by="best").best_trial("s").trial_id == "b"
+    # by the best epoch for a min metric: each trial's lowest value (a 0.9, b 0.4, c 0.8), the lowest of those
+    assert sweep(ts, "min", history=hist, rank_by="best").best_trial("s").trial_id == "b"
+    assert sweep(ts[:2] + ts[3:], "min", history=hist, rank_by="best").best_trial("s").trial_id == "c"
     assert sweep(ts, history=hist).best_trial("s").trial_id == "d"  # by the last value
     assert sweep(ts, history=hist).best_trial("s", rank_by="best").trial_id == "b"
     # the sweep's tag is about the study's own ranking: asked by another, a tie goes to the first
