@@ -55,6 +55,15 @@ def test_dev_matches_logistic_regression_and_the_papers_control_variate() -> Non
     assert got != pytest.approx(float(np.mean(loss)), rel=1e-3)
 
 
+def test_dev_fits_a_harder_domain_classifier_to_convergence() -> None:
+    # 20 correlated features on different scales, weak regularisation (C = 10): L-BFGS needs ~50 iterations here
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(20, 20)) * np.linspace(0.1, 3, 20)
+    fs, ft = rng.normal(0, 1, (150, 20)) @ a, (rng.normal(0, 1, (100, 20)) + 0.5) @ a
+    fv, loss = rng.normal(0.3, 1, (30, 20)) @ a, rng.uniform(0.1, 3, 30)
+    assert dev_estimate(fs, ft, fv, loss, c=10.0) == pytest.approx(dev_by_hand(fs, ft, fv, loss, c=10.0), rel=1e-6)
+
+
 def test_dev_with_c_given_and_torch_inputs() -> None:
     fs, ft, scale, offset = domains(seed=2)
     fv = np.random.default_rng(3).normal(0, 1, (9, 3)) * scale + offset
