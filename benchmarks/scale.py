@@ -138,6 +138,69 @@ def plain_trial(config: dict[str, Any]) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
+# ------------------------------------------------------------------------------------------ profile
+
+# Where the driver spends its time: cumulative wall seconds and calls of these functions in the driver process,
+# reset before each run (a perf_counter pair per call). Nested: the experiment-state sync includes its save,
+# which includes the searcher's and the callbacks' pickles; the per-result processing includes the callbacks
+# and the searcher's on_trial_result. The MLflow writer runs in its own thread (it competes for the GIL).
+PROFILE: dict[str, list] = {}
+PROFILED = (  # (module, class, method, label)
+    ("ray.tune.execution.tune_controller", "TuneController", "_process_trial_results", "Tune: per-result processing"),
+    ("ray.tune.execution.tune_controller", "TuneController", "_process_trial_save", "Tune: trial checkpoint handling"),
+    ("ray.tune.execution.experiment_state", "_ExperimentCheckpointManager", "sync_up_experiment_state",
+     "Tune: experiment-state save + sync"),
+    ("ray.tune.execution.tune_controller", "TuneController", "save_to_dir", "Tune: experiment-state write"),
+    ("ray.tune.search.search_generator", "SearchGenerator", "save_to_dir", "searcher state pickle"),
+    ("ray.tune.callback", "CallbackList", "save_to_dir", "callbacks pickle"),
+    ("ray.tune.search.search_generator", "SearchGenerator", "next_trial", "searcher: suggest"),
+    ("ray.tune.search.search_generator", "SearchGenerator", "on_trial_result", "searcher: on_trial_result"),
+    ("ray.tune.search.search_generator", "SearchGenerator", "on_trial_complete", "searcher: on_trial_complete"),
+    ("ray.tune.callback", "CallbackList", "on_trial_result", "callbacks: on_trial_result (all)"),
+    ("ray.tune.callback", "CallbackList", "on_checkpoint", "callbacks: on_checkpoint (all)"),
+    ("ray.tune.callback", "CallbackList", "on_step_end", "callbacks: on_step_end (all)"),
+    ("search.tracking", "MlflowTrials", "on_trial_result", "gentune MlflowTrials.on_trial_result"),
+    ("search.tracking", "MlflowTrials", "on_checkpoint", "gentune MlflowTrials.on_checkpoint"),
+    ("search.tracking", "MlflowTrials", "on_trial_start", "gentune MlflowTrials.on_trial_start"),
+    ("search.tracking", "Writer", "_apply", "gentune Writer._apply (MLflow writes, its thread)"),
+    ("search.tracking", "Writer", "close", "gentune Writer.close (drain at the study's end)"),
+)
+
+
+def instrument() -> None:
+    import functools
+    import importlib
+
+    for module, cls, meth, label in PROFILED:
+        try:
+            owner = getattr(importlib.import_module(module), cls)
+            orig = getattr(owner, meth)
+        except (ImportError, AttributeError):
+            continue  # a Ray or gentune without it: not profiled
+        if getattr(orig, "_scale_profiled", False):
+            continue
+
+        def wrap(orig=orig, label=label):
+            @functools.wraps(orig)
+            def timed(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return orig(*args, **kwargs)
+                finally:
+                    c = PROFILE.setdefault(label, [0, 0.0])
+                    c[0] += 1
+                    c[1] += time.perf_counter() - t0
+            timed._scale_profiled = True
+            return timed
+
+        setattr(owner, meth, wrap())
+
+
+def profile_lines(side: str, n: int, prof: dict[str, list], results: int) -> list[str]:
+    return [f"profile N {n} {side}: {label}: {calls} calls, {secs:.2f} s, {secs / max(results, 1) * 1000:.2f} ms/result"
+            for label, (calls, secs) in prof.items()]
+
+
 # ---------------------------------------------------------------------------------------------- runs
 
 def ideal_s(n: int, epochs: int, work: float, conc: int) -> float:
@@ -146,6 +209,29 @@ def ideal_s(n: int, epochs: int, work: float, conc: int) -> float:
 
 def overhead(wall: float, ideal: float, results: int) -> float:
     return (wall - ideal) / results
+
+
+def make_row(n: int, epochs: int, work: float, conc: int, plain: dict, gen: dict, prev: dict | None) -> dict[str, Any]:
+    """One N's measures from its two runs' wall times (see the module docstring)."""
+    ideal = ideal_s(n, epochs, work, conc)
+    row = {"n": n, "epochs": epochs, "ideal": ideal, "plain": plain, "gentune": gen,
+           "plain_overhead": overhead(plain["wall"], ideal, n * epochs),
+           "gentune_overhead": overhead(gen["wall"], ideal, n * epochs)}
+    row["ratio_wall"] = gen["wall"] / plain["wall"]
+    row["ratio_overhead"] = row["gentune_overhead"] / row["plain_overhead"] if row["plain_overhead"] > 0 else float("nan")
+    if prev is not None:  # what one more result costs between the previous N and this one: the fixed costs cancel
+        d_res = (n - prev["n"]) * epochs
+        for side in ("plain", "gentune"):
+            row[f"{side}_marginal"] = overhead(row[side]["wall"] - prev[side]["wall"], ideal - prev["ideal"], d_res)
+    return row
+
+
+def estimate_s(row: dict, n_next: int, epochs: int, work: float, conc: int) -> float:
+    """Both runs' wall time at n_next trials, extrapolated from `row` at each side's overhead per result (the
+    marginal one where known, which includes what grows with N so far)."""
+    ideal = ideal_s(n_next, epochs, work, conc)
+    per = [row.get(f"{side}_marginal", row[f"{side}_overhead"]) for side in ("plain", "gentune")]
+    return sum(ideal + max(p, 0.0) * n_next * epochs for p in per)
 
 
 def run_plain(n: int, a: argparse.Namespace, storage: str) -> dict[str, Any]:
@@ -161,12 +247,14 @@ def run_plain(n: int, a: argparse.Namespace, storage: str) -> dict[str, Any]:
                                     search_alg=BasicVariantGenerator(random_state=0, max_concurrent=a.concurrency)),
         run_config=tune.RunConfig(name=f"plain-n{n}", storage_path=storage, verbose=0),
     )
-    t0 = time.perf_counter()
+    PROFILE.clear()
+    t0, c0 = time.perf_counter(), time.process_time()
     grid = tuner.fit()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     results = sum(len(r.metrics_dataframe) if r.metrics_dataframe is not None else 0 for r in grid)
     errors = sum(r.error is not None for r in grid)
-    return {"wall": wall, "results": results, "errors": errors, "trials": len(grid)}
+    return {"wall": wall, "cpu": cpu, "results": results, "errors": errors, "trials": len(grid),
+            "profile": {k: list(v) for k, v in PROFILE.items()}}
 
 
 def spec_text(n: int, a: argparse.Namespace) -> str:
@@ -184,17 +272,18 @@ def run_gentune(n: int, a: argparse.Namespace, storage: str, tmp: Path) -> dict[
     spec_path = tmp / f"scale-n{n}.yaml"
     spec_path.write_text(spec_text(n, a))
     spec = load_spec(spec_path)
-    t0 = time.perf_counter()
+    PROFILE.clear()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = run_sweep(spec, storage=storage, name=f"gentune-n{n}", address=None, resume=False, quiet=True,
                     tracking_uri=a.tracking_uri)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     results, errors, trials = 0, len(out["failed"]), 0
     for grid, _ in out["results"].values():
         for r in grid:
             trials += 1
             results += len(r.metrics_dataframe) if r.metrics_dataframe is not None else 0
-    return {"wall": wall, "results": results, "errors": errors, "trials": trials, "root": out["root"],
-            "interrupted": out["interrupted"]}
+    return {"wall": wall, "cpu": cpu, "results": results, "errors": errors, "trials": trials, "root": out["root"],
+            "interrupted": out["interrupted"], "profile": {k: list(v) for k, v in PROFILE.items()}}
 
 
 def time_cli(root: str, commands: list[str], tmp: Path, env: dict[str, str], timeout: float) -> dict[str, dict]:
@@ -239,7 +328,7 @@ def table(rows: list[dict]) -> str:
             "gentune overhead s/result | ratio wall | ratio overhead | marginal plain s/result | marginal gentune s/result |")
     lines = [head, "|" + "---:|" * 12]
     for r in rows:
-        lines.append(f"| {r['n']} | {r['epochs']} | {r['gentune']['results']} | {r['ideal']:.2f} | {r['plain']['wall']:.2f} | "
+        lines.append(f"| {r['n']} | {r['epochs']} | {r['n'] * r['epochs']} | {r['ideal']:.2f} | {r['plain']['wall']:.2f} | "
                      f"{r['gentune']['wall']:.2f} | {r['plain_overhead']:.4f} | {r['gentune_overhead']:.4f} | "
                      f"{r['ratio_wall']:.3f} | {r['ratio_overhead']:.3f} | "
                      + (f"{r['plain_marginal']:.4f} | {r['gentune_marginal']:.4f} |" if "plain_marginal" in r else "- | - |"))
@@ -261,7 +350,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cli-on", choices=("largest", "all", "none"), default="largest", help="which N's sweep the commands read")
     p.add_argument("--cli-timeout", type=float, default=600, help="seconds before a command is given up (default 600)")
     p.add_argument("--max-wall", type=float, default=0,
-                   help="skip the remaining N once one N's two runs together took longer than this (0: never)")
+                   help="stop before an N whose two runs are estimated (from the rates measured so far) to take longer "
+                        "than this many seconds (0: never stop)")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="do not time the driver's functions (PROFILE: a perf_counter pair per call)")
     p.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a test: --n 4 -E 2 --work 0.05")
     a = p.parse_args(argv)
@@ -282,6 +374,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ray
 
+    if a.profile:
+        import search.tracking  # noqa: F401 - its classes are wrapped too
+
+        instrument()
     tmp = Path(tempfile.mkdtemp(prefix="gentune-scale-"))
     storage = a.storage or str(tmp / "runs")
     print(f"benchmarks.scale: machine {machine()}; storage {storage}; N {sizes}, E {a.epochs}, work {a.work} s "
@@ -302,31 +398,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t_n = time.perf_counter()
         plain = run_plain(n, a, storage)
         gen = run_gentune(n, a, storage, tmp)
-        ideal = ideal_s(n, a.epochs, a.work, conc)
-        row = {"n": n, "epochs": a.epochs, "ideal": ideal, "plain": plain, "gentune": gen,
-               "plain_overhead": overhead(plain["wall"], ideal, n * a.epochs),
-               "gentune_overhead": overhead(gen["wall"], ideal, n * a.epochs)}
-        row["ratio_wall"] = gen["wall"] / plain["wall"]
-        if rows:  # what one more result costs between the previous N and this one: the fixed costs cancel
-            prev, d_res = rows[-1], (n - rows[-1]["n"]) * a.epochs
-            for side in ("plain", "gentune"):
-                row[f"{side}_marginal"] = overhead(row[side]["wall"] - prev[side]["wall"], ideal - prev["ideal"], d_res)
-        row["ratio_overhead"] = row["gentune_overhead"] / row["plain_overhead"] if row["plain_overhead"] > 0 else float("nan")
+        row = make_row(n, a.epochs, a.work, conc, plain, gen, rows[-1] if rows else None)
         rows.append(row)
+        ideal = row["ideal"]
         print(f"N {n}: results plain {plain['results']} gentune {gen['results']} (expected {n * a.epochs}; trial errors "
               f"plain {plain['errors']} gentune {gen['errors']}), ideal {ideal:.2f} s", flush=True)
         print(f"N {n}: plain wall {plain['wall']:.2f} s, overhead {row['plain_overhead']:.4f} s/result; "
               f"gentune wall {gen['wall']:.2f} s, overhead {row['gentune_overhead']:.4f} s/result", flush=True)
         print(f"N {n}: ratio gentune/plain wall {row['ratio_wall']:.3f}, overhead {row['ratio_overhead']:.3f}", flush=True)
+        print(f"N {n}: driver process CPU plain {plain['cpu']:.2f} s ({plain['cpu'] / max(plain['results'], 1) * 1000:.2f} "
+              f"ms/result), gentune {gen['cpu']:.2f} s ({gen['cpu'] / max(gen['results'], 1) * 1000:.2f} ms/result)", flush=True)
+        if a.profile:
+            for side, r in (("plain", plain), ("gentune", gen)):
+                print("\n".join(profile_lines(side, n, r["profile"], r["results"])), flush=True)
         if "plain_marginal" in row:
             print(f"N {n}: marginal overhead from N {rows[-2]['n']}: plain {row['plain_marginal']:.4f} s/result, "
                   f"gentune {row['gentune_marginal']:.4f} s/result", flush=True)
-        took = time.perf_counter() - t_n
-        if a.max_wall and took > a.max_wall and i + 1 < len(sizes):
-            stopped = (f"stopped after N {n}: its two runs took {took:.0f} s (> --max-wall {a.max_wall:.0f} s); "
-                       f"not run: N {', '.join(map(str, sizes[i + 1:]))}")
-            print(f"benchmarks.scale: {stopped}", flush=True)
-            break
+        if a.max_wall and i + 1 < len(sizes):
+            est = estimate_s(row, sizes[i + 1], a.epochs, a.work, conc)
+            print(f"N {n}: both runs took {time.perf_counter() - t_n:.0f} s; N {sizes[i + 1]} estimated at {est:.0f} s", flush=True)
+            if est > a.max_wall:
+                stopped = (f"stopped after N {n}: N {sizes[i + 1]} would take about {est:.0f} s for its two runs at the "
+                           f"rates measured so far (> --max-wall {a.max_wall:.0f} s); not run: N {', '.join(map(str, sizes[i + 1:]))}")
+                print(f"benchmarks.scale: {stopped}", flush=True)
+                break
     ray.shutdown()
 
     if len(rows) > 1:
