@@ -40,19 +40,36 @@ def test_evaluator_on_real_mnistm_subset() -> None:
     assert acc >= 0.85, acc
 
 
-def test_gan_trial_reports_fid_when_weights_are_given(tmp_path, cache_dir) -> None:
-    """The in-loop FID path with a weights file (random values in pytorch-fid's layout: no real weights here)."""
+def test_gan_trial_reports_fid_when_weights_are_given(tmp_path, cache_dir, monkeypatch) -> None:
+    """The in-loop FID path with a weights file (random values in pytorch-fid's layout: no real weights here): the
+    reported FID is the Frechet distance between the generated samples' features and the real statistics cached
+    in pytorch-fid's .npz layout, computed here with numpy and scipy's sqrtm; an untrained G makes no face."""
+    from scipy.linalg import sqrtm
+
+    from trainables.metrics import fid as F
     from trainables.metrics.fid import random_fid_state_dict
     from trainables.loop import fit
 
     w = tmp_path / "pt_inception-random.pth"
     torch.save(random_fid_state_dict(0), w)
+    feats = []  # every batch of features the trial computed: the real set's (unless cached), then each epoch's fakes
+    real_inception = F.inception_features
+    monkeypatch.setattr(F, "inception_features", lambda *a, **kw: feats.append(real_inception(*a, **kw)) or feats[-1])
     seen = []
     cfg = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "n_eval": 16, "fid": "on", "fid_weights": str(w),
            "fid_dims": 64, "device": "cpu"}
     fit("gan", cfg, lambda e: seen.append(e.metrics), quiet=True)
-    assert np.isfinite(seen[-1]["fid"]) and seen[-1]["fid"] > 0 and 0 <= seen[-1]["face_rate"] <= 1
-    assert list((cache_dir / "fid").glob("fid_stats_*_64_*.npz"))  # real statistics cached for the next trial
+    cached = list((cache_dir / "fid").glob(f"fid_stats_*_64_{F.weights_tag(str(w))}*.npz"))
+    assert len(cached) == 1, cached  # real statistics cached for the next trial
+    with np.load(cached[0]) as z:
+        mu, sigma = z["mu"], z["sigma"]
+    fake = np.asarray(feats[-1], dtype=np.float64)
+    assert fake.shape == (16, 64)
+    m2 = fake.mean(0)
+    s2 = (fake - m2).T @ (fake - m2) / (len(fake) - 1)
+    want = float(((m2 - mu) ** 2).sum() + np.trace(s2) + np.trace(sigma) - 2 * np.trace(sqrtm(s2 @ sigma).real))
+    assert seen[-1]["fid"] == pytest.approx(want, rel=1e-4)
+    assert seen[-1]["face_rate"] == 0.0 and seen[-1]["face_score"] == 0.0  # 2 steps of training: noise, no face
 
 
 def test_in_loop_fid_is_the_frechet_distance_of_the_features(tmp_path, monkeypatch) -> None:

@@ -5,6 +5,7 @@ a string; an integer key takes 3.0 but not 3.5; ...), never computed by from_fla
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import pytest
@@ -156,3 +157,34 @@ def test_check_schedule_names_the_keys_and_the_fix() -> None:
                                  "model never saw; use schedule scaled or cosine, or a larger T or beta_end")
     check_schedule(DDPMConfig(T=500, schedule="linear"))  # the report's: fine
     check_schedule(DDPMConfig(T=10, schedule="cosine"))
+
+
+def test_check_schedule_allows_a_signal_exactly_at_the_limit(monkeypatch) -> None:
+    """The rule refuses sqrt(abar_T) *above* MAX_SIGNAL_AT_T ('> 0.1' in its message); a schedule whose signal at
+    t = T is the limit itself passes. The limit is moved to one schedule's own value to reach the boundary."""
+    import trainables.config as config
+    from models.ddpm import NoiseSchedule
+
+    at = NoiseSchedule(300, 1e-4, 0.02, "linear").signal_at_T  # about 0.12: above the real limit of 0.1
+    with pytest.raises(SpecError):
+        check_schedule(DDPMConfig(T=300, schedule="linear"))
+    monkeypatch.setattr(config, "MAX_SIGNAL_AT_T", at)
+    check_schedule(DDPMConfig(T=300, schedule="linear"))  # equal: allowed
+    monkeypatch.setattr(config, "MAX_SIGNAL_AT_T", at * (1 - 1e-12))
+    with pytest.raises(SpecError):
+        check_schedule(DDPMConfig(T=300, schedule="linear"))
+
+
+@dataclasses.dataclass
+class _Outer:
+    """A config whose nested part has no default (no default_factory): from_flat builds DataConfig()'s defaults."""
+    data: DataConfig
+    epochs: int = 1
+    batch_size: int = 1
+    eval_every: int = 1
+    steps_per_epoch: int = 0
+
+
+def test_from_flat_builds_a_nested_config_without_a_default_factory_from_its_class() -> None:
+    assert from_flat(_Outer, {"data.limit": 7, "epochs": 2}) == _Outer(DataConfig(limit=7), epochs=2)
+    assert from_flat(_Outer, {}) == _Outer(DataConfig())

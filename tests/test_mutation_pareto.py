@@ -28,3 +28,14 @@ def test_pareto_takes_the_finished_trials_of_the_study_with_every_objective() ->
     # c (0.4, 20) is beaten by b (0.5, 10); a and b trade acc for fid
     assert sw.pareto("mo") == {"a": (0.9, 30.0), "b": (0.5, 10.0)}
     assert sw.pareto("other") == {"d": (0.95, 5.0)}
+
+
+def test_pareto_front_tells_apart_values_near_the_largest_float() -> None:
+    """Only the order of the values counts, never their size: 1e308 beats 1.7e308 (min) and -1.7e308 (max), even
+    though twice either would overflow to inf."""
+    from analysis.sweepdata import pareto_front
+
+    assert pareto_front({"a": (1.0e308,), "b": (1.7e308,)}, ("min",)) == ["a"]
+    assert pareto_front({"a": (-1.0e308,), "b": (-1.7e308,)}, ("max",)) == ["a"]
+    assert pareto_front({"a": (1.0e308, -1.0e308), "b": (1.7e308, -1.7e308), "c": (1.7e308, -1.0e308)},
+                        ("min", "max")) == ["a"]

@@ -208,3 +208,11 @@ def test_parse_spec_refusals() -> None:
     refused(lambda: parse_spec({"family": "dann", "max_failures": "two"}), "max_failures: expected a number, got 'two'")
     refused(lambda: parse_spec({"family": "dann", "name": "a b"}),
             "name: 'a b' is not a plain name; use letters, digits, '-', '_' and '.' only")
+
+
+def test_set_a_path_key_is_recognised_by_its_last_part_after_any_number_of_dots(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = apply_overrides({"family": "dann"}, ["a.b.root=d/x", "a.b.c.cache_dir=e", "a.root_x=d/x", "a.b.rooted=d"])
+    assert raw["__set__"] == {"a.b.root": str((tmp_path / "d/x").resolve()),
+                              "a.b.c.cache_dir": str((tmp_path / "e").resolve()),
+                              "a.root_x": "d/x", "a.b.rooted": "d"}  # the last part names no path: as given
