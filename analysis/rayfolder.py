@@ -185,26 +185,6 @@ def read_ray_study(folder: Path, live: bool = False) -> tuple[dict[str, dict[str
     return trials, start, notes
 
 
-def driver_alive(root: Path) -> bool | None:
-    """Whether a `gentune sweep` holds the folder's lock; tested with a shared, non-blocking flock on the
-    existing lock file (nothing is created or written)."""
-    import fcntl
-
-    path = root / ".gentune.lock"
-    if not path.is_file():
-        return None
-    try:
-        with open(path) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
-    except OSError:
-        return None
-
-
 def _present(path: Path) -> bool:
     """A file Ray writes is there (an empty one, being created, counts as absent; a folder in its place is
     there, so reading it is the error that names it)."""

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlparse
 
-from analysis.rayfolder import RAY_STATES, driver_alive, finite, number, read_ray_study
-from analysis.sweepdata import all_runs, check_store, read_sweep_json, sqlite_path, store_exceptions, tracking_uri_of
+from analysis.rayfolder import RAY_STATES, finite, number, read_ray_study
+from analysis.sweepdata import (all_runs, check_store, read_sweep_json, remote_view, sqlite_path, store_exceptions,
+                                tracking_uri_of)
 from trainables.filecheck import Range, read_checked
+from trainables.lease import driver_alive
+from trainables.storage import Folder
 
 # What a trial came to, in the order they are listed.
 OUTCOMES = ("running", "pending", "completed", "early-stopped", "diverged", "error", "killed")
@@ -106,7 +109,7 @@ class StudyStatus:
 
 @dataclass
 class SweepStatus:
-    root: Path
+    root: str  # the sweep's address: a folder, or a URI of remote storage
     name: str
     tracking_uri: str
     experiment_id: str
@@ -300,14 +303,18 @@ def _waiting(root: Path, studies: list[str]) -> str:
 def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: dict[str, int] | None = None,
                 now: float | None = None) -> SweepStatus:
     """Everything `gentune status` shows, read without writing anything."""
-    root = Path(root).expanduser()
     info = read_sweep_json(root)
+    folder = Folder(str(root))
+    address = str(folder)
+    if folder.remote:  # its records, Tune's state and the trials' results, copied down (no checkpoints)
+        root = remote_view(folder)[0]
+    root = Path(root).expanduser()
     now = time.time() if now is None else now
     uri = tracking_uri or (tracking_uri_of(root, info) if info.get("tracking_uri") or info.get("local_store") else "")
     exp_id = str(info.get("experiment_id") or "")
     notes: list[str] = []
     runs: list = []
-    alive = driver_alive(root)
+    alive = driver_alive(folder)
     waiting = _waiting(root, list(info["studies"]))
     if uri and exp_id:
         runs, n = read_mlflow(uri, exp_id, str(info.get("name") or ""))
@@ -342,7 +349,7 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
             enough = st.planned is None or len(st.trials) >= st.planned
             st.state = "finished" if st.trials and not live and enough and not runs else "running"
         studies.append(st)
-    out = SweepStatus(root=root, name=str(info.get("name") or root.name), tracking_uri=uri, experiment_id=exp_id,
+    out = SweepStatus(root=address, name=str(info.get("name") or root.name), tracking_uri=uri, experiment_id=exp_id,
                       started=number(info.get("started")), studies=studies, now=now, notes=notes,
                       driver_state=str(info.get("state") or ""), driver_alive=alive,
                       waiting=waiting if alive else "")

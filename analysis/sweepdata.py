@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlparse
 
-from analysis.rayfolder import driver_alive, read_results, trial_id_of
-from trainables.errors import CheckpointError, GentuneError
-from trainables.filecheck import NOTHING, check_sqlite, Mode, Plain, Range, non_empty, read_checked, unique
+from analysis.rayfolder import read_results, trial_id_of
+from trainables.errors import CheckpointError, FileContentError, GentuneError
+from trainables.filecheck import NOTHING, check_sqlite, describe, Mode, parse, Plain, Range, non_empty, read_checked, unique
+from trainables.lease import driver_alive
+from trainables.storage import Folder, cache_dir, is_remote, without_query
 
 CHECKPOINT = "checkpoint.pt"
 LOCAL_DB = "mlflow.db"  # a local sweep's MLflow store, inside its folder
@@ -156,9 +158,23 @@ class SweepFile:
         return None
 
 
-def read_sweep_json(root: Path) -> dict[str, Any]:
-    """sweep.json of a sweep folder, checked against SweepFile; a one-line error names what is wrong."""
-    root = Path(root)
+def read_sweep_json(root: str | Path) -> dict[str, Any]:
+    """sweep.json of a sweep folder (a path, or a URI of remote storage), checked against SweepFile; a one-line
+    error names what is wrong."""
+    if is_remote(str(root)):
+        folder = Folder(str(root))
+        if not folder.is_dir():
+            raise GentuneError(f"sweep {folder} does not exist (pass the address `gentune sweep` printed)")
+        if not folder.is_file("sweep.json"):
+            raise GentuneError(f"{folder} holds no sweep.json, so it is not a sweep folder (it is written when "
+                               "`gentune sweep` starts)")
+        name = without_query(folder.uri("sweep.json"))
+        try:
+            obj = json.loads(folder.read_bytes("sweep.json"))
+        except ValueError as e:
+            raise FileContentError(f"{name}: expected {describe(SweepFile)} ({first_line(e)})") from None
+        return parse(obj, SweepFile, name)
+    root = Path(root).expanduser()
     if not root.exists():
         raise GentuneError(f"sweep folder {root} does not exist (pass the folder `gentune sweep` printed, e.g. runs/quickstart)")
     if not root.is_dir():
@@ -167,6 +183,25 @@ def read_sweep_json(root: Path) -> dict[str, Any]:
     if not f.exists() and not f.is_symlink():
         raise GentuneError(f"{root} holds no sweep.json, so it is not a sweep folder (it is written when `gentune sweep` starts)")
     return read_checked(f, SweepFile)
+
+
+def _viewed(rel: str) -> bool:
+    """The files of a sweep folder that reading it needs: its records, Tune's experiment state, each trial's
+    results, params and error (not checkpoints, TensorBoard events or progress.csv)."""
+    parts = rel.split("/")
+    if len(parts) == 1:
+        return rel in ("sweep.json", "optuna.db", "waiting.json")
+    if len(parts) == 2:
+        return parts[1].startswith("experiment_state-") and parts[1].endswith(".json")
+    return len(parts) == 3 and parts[2] in ("result.json", "params.json", "error.txt", "error.pkl")
+
+
+def remote_view(folder: Folder) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """A remote sweep as a local folder to read: its records, Tune's state and the trials' results mirrored into
+    this machine's cache (only files that changed since the last look are fetched); checkpoints are fetched one
+    by one when needed. Returns (the local copy, the store's listing of every file)."""
+    local = cache_dir("sweeps", folder.address)
+    return local, folder.mirror(local, _viewed)
 
 
 def first_line(e: BaseException) -> str:
@@ -271,10 +306,14 @@ class Sweep:
     """A finished (or interrupted) sweep folder and its MLflow store."""
 
     def __init__(self, root: str | Path, tracking_uri: str = "") -> None:
-        root = Path(root).expanduser()
-        if "://" in str(root):
-            raise GentuneError(f"{root}: only local sweep folders can be analysed; copy the sweep folder here first")
+        self.folder: Folder | None = None  # the store of a remote sweep (self.root is then its local copy)
+        self._stored: dict[str, tuple[int, int]] = {}  # ... and the store's listing of its files
         self.info: dict[str, Any] = read_sweep_json(root)
+        if is_remote(str(root)):
+            self.folder = Folder(str(root))
+            root, self._stored = remote_view(self.folder)
+        root = Path(root).expanduser()
+        self.address = str(self.folder) if self.folder is not None else str(root.resolve())
         self.root = root.resolve()
         self.name: str = self.info.get("name", root.name)
         self.tracking_uri = tracking_uri or tracking_uri_of(self.root, self.info)
@@ -514,7 +553,7 @@ class Sweep:
         out: dict[str, Path] = {}
         if not exp.is_dir():
             return out
-        live = bool(driver_alive(self.root))  # a result line may be being appended only while the sweep runs
+        live = bool(driver_alive(self.folder or Folder(str(self.root))))  # a result line may be being appended only while the sweep runs
         for d in sorted(p for p in exp.iterdir() if p.is_dir()):
             res = d / "result.json"
             tid = trial_id_of(d, read_results(res, live) if res.is_dir() or (res.is_file() and res.stat().st_size) else [])
@@ -527,12 +566,31 @@ class Sweep:
         of a configuration repeated over seeds): its last and, scored, its best."""
         d = self.trial_dirs(trial.study).get(trial.trial_id)
         if d is None:
-            raise CheckpointError(f"trial {trial.trial_id}: no Ray trial folder for it under {self.root / trial.study}")
-        ckpts = sorted((int(m.group(1)), p) for p in d.iterdir()  # a folder where a file should be: load says so
-                       if (m := _CKPT_DIR.match(p.name)) and ((p / CHECKPOINT).exists() or any(p.glob("seed_*.pt"))))
+            raise CheckpointError(f"trial {trial.trial_id}: no Ray trial folder for it under {self.address}/{trial.study}")
+        ckpts = sorted((int(m.group(1)), d / name) for name in self._entries(d)  # a folder where a file should be: load says so
+                       if (m := _CKPT_DIR.match(name)) and any(f == CHECKPOINT or f.startswith("seed_") and f.endswith(".pt")
+                                                              for f in self._entries(d / name)))
         if not ckpts:
-            raise CheckpointError(f"trial {trial.trial_id}: no checkpoint_*/{CHECKPOINT} in {d}")
+            raise CheckpointError(f"trial {trial.trial_id}: no checkpoint_*/{CHECKPOINT} in {self._stored_name(d)}")
         return [p for _, p in ckpts]
+
+    def _entries(self, d: Path) -> set[str]:
+        """Names of what folder `d` of the sweep holds (of a remote sweep: in the store, fetched or not)."""
+        if self.folder is None:
+            return {p.name for p in d.iterdir()} if d.is_dir() else set()
+        rel = d.relative_to(self.root).as_posix() + "/"
+        return {k[len(rel):].split("/")[0] for k in self._stored if k.startswith(rel)}
+
+    def _stored_name(self, path: Path) -> str:
+        return str(path) if self.folder is None else without_query(self.folder.uri(path.relative_to(self.root).as_posix()))
+
+    def _fetched(self, path: Path) -> Path:
+        """A file of the sweep on this machine: a remote sweep's checkpoint is copied down when first needed."""
+        if self.folder is not None and not path.exists():
+            rel = path.relative_to(self.root).as_posix()
+            if rel in self._stored:
+                self.folder.download(rel, path)
+        return path
 
     def checkpoint_path(self, trial: Trial, seed: int | None = None) -> Path:
         """The trial's latest checkpoint file (of `seed`, for a configuration repeated over seeds)."""
@@ -545,10 +603,10 @@ class Sweep:
         name = CHECKPOINT if seed is None else f"seed_{seed}.pt"
         dirs = self.checkpoint_dirs(trial)
         if epoch is None:
-            return load_checkpoint(dirs[-1] / name, trial.family or None)
+            return load_checkpoint(self._fetched(dirs[-1] / name), trial.family or None)
         kept = []
         for d in reversed(dirs):
-            ckpt = load_checkpoint(d / name, trial.family or None)
+            ckpt = load_checkpoint(self._fetched(d / name), trial.family or None)
             if int(ckpt.get("epoch", -1)) == epoch:
                 return ckpt
             kept.append(str(ckpt.get("epoch")))

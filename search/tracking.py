@@ -349,13 +349,16 @@ class MlflowTrials(Callback):
         # the grid is copied out now: Tune deletes the checkpoint (num_to_keep) before the writer may get to it
         w = self._w()
         epoch = int((trial.last_result or {}).get("epoch", 0))
-        with checkpoint.as_directory() as d:
-            grid = Path(d) / "samples.png"
-            if grid.exists():
-                named = w.files / trial.trial_id / f"epoch_{epoch:04d}.png"
-                named.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(grid, named)
-                w.append({"op": "artifact", "run": trial.trial_id, "file": str(named.relative_to(w.spool)), "dir": "samples"})
+        # that one file, from wherever the checkpoint is: on remote storage as_directory() would download it whole
+        import pyarrow.fs as pafs
+
+        fs, grid = checkpoint.filesystem, f"{checkpoint.path.rstrip('/')}/samples.png"
+        if fs.get_file_info(grid).type == pafs.FileType.File:
+            named = w.files / trial.trial_id / f"epoch_{epoch:04d}.png"
+            named.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(grid) as src, open(named, "wb") as out:
+                shutil.copyfileobj(src, out)
+            w.append({"op": "artifact", "run": trial.trial_id, "file": str(named.relative_to(w.spool)), "dir": "samples"})
 
     def _finish(self, trial, status: str, reason: str) -> None:
         from trainables.config import from_flat, to_flat

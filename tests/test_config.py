@@ -79,7 +79,7 @@ def test_shipped_specs_parse_and_search_what_the_user_named() -> None:
 def test_conditional_keys_only_for_model_b() -> None:
     import optuna
 
-    from search.sweep import DefineByRun
+    from search.searcher import DefineByRun
 
     st = load_spec(SPECS / "gan.yaml").studies[0]
     f = DefineByRun(st.search, dict(st.config))

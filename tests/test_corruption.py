@@ -260,7 +260,7 @@ def in_process(kind: str, root: Path) -> None:
     elif kind == "optuna.db":
         check_optuna_db(root / "optuna.db")
     elif kind == "tune state":
-        from search.sweep import check_tune_state
+        from search.folder import check_tune_state
 
         check_tune_state(root / "gan")
     else:
@@ -715,7 +715,8 @@ def test_status_reads_past_a_line_being_written_only_while_the_driver_lives(swee
     """A result line half-appended is what a live sweep leaves between two writes: status shows the trial
     without it. The same file with no driver holding the folder is a damaged file, refused naming the line."""
     from analysis.status import read_status
-    from search.sweep import SweepLock
+    from trainables.lease import Lease
+    from trainables.storage import Folder
     from trainables.errors import GentuneError
 
     res = result_file(sweep_copy)
@@ -723,7 +724,7 @@ def test_status_reads_past_a_line_being_written_only_while_the_driver_lives(swee
     with open(res, "a") as f:
         f.write(lines[-1][: len(lines[-1]) // 2])  # no newline: being appended
     uri = f"sqlite:///{sweep_copy / 'mlflow.db'}"
-    lock = SweepLock(sweep_copy)  # this process holds the folder as a running driver does
+    lock = Lease.acquire(Folder(str(sweep_copy)))  # this process holds the folder as a running driver does
     try:
         st = read_status(sweep_copy, tracking_uri=uri)
         assert st.driver_alive and any(s.name == "dann" and len(s.trials) == 2 for s in st.studies)

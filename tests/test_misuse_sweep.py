@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -103,16 +104,17 @@ def test_resume_needs_an_existing_sweep_with_the_same_spec(tmp_path) -> None:
 
 
 def test_a_second_driver_on_the_same_folder_is_refused(tmp_path, cache_dir) -> None:
-    from search.sweep import SweepLock
+    from trainables.lease import Lease
+    from trainables.storage import Folder
 
     spec = write(tmp_path, SMALL)
     root = tmp_path / "s" / "small"
     root.mkdir(parents=True)
     (root / "sweep.json").write_text(json.dumps(sweep_json(spec)))
-    lock = SweepLock(root)  # as a running `gentune sweep` holds it
+    lock = Lease.acquire(Folder(str(root)))  # as a running `gentune sweep` holds it
     try:
         p = gentune("sweep", str(spec), "--storage", str(tmp_path / "s"), "--resume", check=False)
-        one_line_error(p, f"is in use by another gentune sweep (pid {os.getpid()})")
+        one_line_error(p, f"is in use by another gentune sweep: pid {os.getpid()} on host {socket.gethostname()} since ")
     finally:
         lock.release()
 

@@ -86,7 +86,7 @@ def test_set_that_contradicts_a_when_drops_that_domain_and_its_start_point() -> 
 def test_define_by_run_reads_defaults_and_earlier_keys() -> None:
     import optuna
 
-    from search.sweep import DefineByRun, full_config
+    from search.searcher import DefineByRun, full_config
 
     st = parse_spec(spec_of(config={"epochs": 4, "model": "B"},
                             search={"label_flip": {"uniform": [0.0, 0.1], "when": {"model": "B"}}})).studies[0]

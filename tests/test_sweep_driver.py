@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from search.spec import parse_spec
-from search.sweep import join_path, sweep_dir
+from search.folder import sweep_dir
+from trainables.storage import join as join_path
 
 
 def test_join_path_keeps_a_uri_query_string_at_the_end() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from search.commands import Help
 from trainables.errors import GentuneError
+from trainables.storage import Folder, is_remote
 
 
 def planned_trials(info: dict) -> dict[str, int] | None:
@@ -40,7 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     # A tracking server that is down should cost seconds, not MLflow's default minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    info = read_sweep_json(Path(args.sweep).expanduser())
+    info = read_sweep_json(args.sweep)
     st = read_status(args.sweep, tracking_uri=args.tracking_uri or None, planned=planned_trials(info))
     if args.json:
         print(json.dumps(st.to_dict(), indent=2, default=str))
@@ -57,11 +58,12 @@ def resolve_store(sweep: str | None, tracking_uri: str | None) -> tuple[str, str
     from analysis.sweepdata import check_store, read_sweep_json, sqlite_path, tracking_uri_of
 
     if sweep:
-        root = Path(sweep).expanduser().resolve()
-        info = read_sweep_json(root)
-        uri = tracking_uri or tracking_uri_of(root, info)  # a copied sweep folder serves its own store
+        info = read_sweep_json(sweep)
+        remote = is_remote(sweep)  # a remote sweep is tracked on a server (`gentune sweep` refuses it otherwise)
+        root = Path(sweep).expanduser().resolve() if not remote else None
+        uri = tracking_uri or (tracking_uri_of(root, info) if root else str(info.get("tracking_uri") or ""))
         exp_id = str(info.get("experiment_id") or "") or None
-        artifacts = root / "mlartifacts"
+        artifacts = root / "mlartifacts" if root else None
     elif tracking_uri:
         uri, exp_id, artifacts = tracking_uri, None, None
     else:
@@ -239,14 +241,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import shutil
 
     check_ui_args(args)
-    root = Path(args.sweep).expanduser()
-    from analysis.sweepdata import check_optuna_db, read_sweep_json
+    from analysis.sweepdata import check_optuna_db, read_sweep_json, remote_view
 
-    read_sweep_json(root)  # a missing or damaged sweep.json is one error naming it
+    info = read_sweep_json(args.sweep)  # a missing or damaged sweep.json is one error naming it
+    # a remote sweep's optuna.db is copied to this machine's cache (the dashboard needs a file)
+    root = remote_view(Folder(args.sweep))[0] if is_remote(args.sweep) else Path(args.sweep).expanduser()
     db = root / "optuna.db"
     if not (db.exists() or db.is_symlink()):
-        raise GentuneError(f"sweep {root.name} has no stored Optuna study ({db} is missing): only searched studies on "
-                           "local storage keep one, and only sweeps made since gentune stored them")
+        raise GentuneError(f"sweep {info['name']} has no stored Optuna study (optuna.db is missing in {args.sweep}): only "
+                           "searched studies keep one, a remote sweep's is stored when each study ends, and only "
+                           "sweeps made since gentune stored them have it")
     check_optuna_db(db)
     exe = Path(sys.executable).parent / "optuna-dashboard"
     exe_s = str(exe) if exe.is_file() else shutil.which("optuna-dashboard")
