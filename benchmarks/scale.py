@@ -33,6 +33,15 @@ Measures (each printed per N, and as a markdown table at the end):
   overhead  (wall - ideal) / results: seconds of driver, scheduling and bookkeeping per reported result.
   ratio     gentune wall / plain wall (the issue's goal: <= 1.2 at every N); also gentune overhead / plain
             overhead (how much more bookkeeping per result gentune does than Tune alone).
+  marginal  from the previous N to this one: (d wall - d ideal) / d results. The fixed costs (Tune's and
+            MLflow's start, the end of a study) cancel, so a marginal overhead that rises with N is a cost
+            that grows with the number of trials (the issue's goal: the largest N's overhead per result
+            within 1.5x of N = 50's).
+  driver CPU  time.process_time() of this process (all its threads: Tune's loop, the searcher, the
+            callbacks, gentune's MLflow writer) over each run, per result.
+  profile   (unless --no-profile) cumulative wall seconds and calls of the driver functions in PROFILED.
+Each trial runs in a new Ray actor on both sides (Tune's default reuse_actors=False, which gentune keeps):
+process start and imports are part of both sides' overhead per trial.
 Then `gentune status`, `summary`, `compare` and `report` run as subprocesses (python -m search.cli ...,
 as a user would) on the largest N's gentune sweep (--cli-on all: on every N's), each wall time printed
 (goal: <= 10 s each).
