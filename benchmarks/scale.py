@@ -65,9 +65,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from trainables.common import Base
 from trainables.config import TrainConfig
 from trainables.families import Family, register
 
@@ -98,28 +95,45 @@ def score(x: float, epoch: int) -> float:
     return 1.0 - (x - 0.3) ** 2 - 0.5 / (epoch + 1)
 
 
-class ScaleTrainer(Base):
-    """One epoch: work_s seconds of compute, then an evaluated result (score)."""
+def _trainer_class() -> type:
+    import torch
 
-    family = "scale"
+    from trainables.common import Base
 
-    def __init__(self, cfg: ScaleConfig, quiet: bool = False) -> None:
-        super().__init__(cfg, quiet)
-        self.weights = torch.zeros(STATE_FLOATS)
+    class ScaleTrainer(Base):
+        """One epoch: work_s seconds of compute, then an evaluated result (score)."""
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        do_work(self.cfg.work_s, self.cfg.compute)
-        self.weights += 1.0
-        return {"loss": 1.0 / epoch}
+        family = "scale"
 
-    def evaluate(self, epoch: int) -> dict[str, float]:
-        return {"score": score(self.cfg.x, epoch)}
+        def __init__(self, cfg: ScaleConfig, quiet: bool = False) -> None:
+            super().__init__(cfg, quiet)
+            self.weights = torch.zeros(STATE_FLOATS)
 
-    def state(self) -> dict:
-        return {"weights": self.weights.clone()}
+        def train_epoch(self, epoch: int) -> dict[str, float]:
+            do_work(self.cfg.work_s, self.cfg.compute)
+            self.weights += 1.0
+            return {"loss": 1.0 / epoch}
 
-    def load_state(self, s: dict) -> None:
-        self.weights = s["weights"].clone()
+        def evaluate(self, epoch: int) -> dict[str, float]:
+            return {"score": score(self.cfg.x, epoch)}
+
+        def state(self) -> dict:
+            return {"weights": self.weights.clone()}
+
+        def load_state(self, s: dict) -> None:
+            self.weights = s["weights"].clone()
+
+    ScaleTrainer.__module__, ScaleTrainer.__qualname__ = __name__, "ScaleTrainer"
+    return ScaleTrainer
+
+
+def __getattr__(name: str):
+    """ScaleTrainer made on first use (a trial starts): importing this module (every gentune command does, through
+    GENTUNE_FAMILIES) loads no torch, as the built-in families' modules load none to parse a spec or read a sweep."""
+    if name == "ScaleTrainer":
+        globals()["ScaleTrainer"] = cls = _trainer_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 register(Family("scale", ScaleConfig, f"{FAMILY_MODULE}:ScaleTrainer", {"score": "max"}, "score",
@@ -128,6 +142,7 @@ register(Family("scale", ScaleConfig, f"{FAMILY_MODULE}:ScaleTrainer", {"score":
 
 def plain_trial(config: dict[str, Any]) -> None:
     """Plain Tune's trainable: the same per-epoch work, a report with a checkpoint every epoch."""
+    import torch
     from ray import tune
 
     weights, start = torch.zeros(STATE_FLOATS), 0
