@@ -231,13 +231,26 @@ def run_module(name: str, mod: dict, jobs: int, before: bool, keep: bool) -> dic
     (d / "survivors.txt").write_text(survivor_diffs(d, survivors))
     res = {"module": name, "about": mod["about"], "files": mod["files"], "mutants": len(st), "killed": killed,
            "survived": len(survivors), "counts": counts, "score": round(100 * killed / len(st), 1) if st else None,
-           "wall_s": round(wall), "mutmut_exit": p.returncode, "before": before, "survivors": survivors}
+           "wall_s": round(wall), "mutmut_exit": p.returncode, "before": before, "jobs": jobs, "commit": commit(),
+           "survivors": survivors}
     if p.returncode != 0 or not st:
         print(f"{name}: mutmut exited {p.returncode}; see {d / 'run.log'}", file=sys.stderr)
     return res
 
 
-def write_scores(results: list[dict], jobs: int) -> None:
+def commit() -> str:
+    """The commit measured (+ "-dirty" when the mutated files or tests/ differ from it), for the record."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *PACKAGES, "tests"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return head + ("-dirty" if dirty else "")
+
+
+def write_scores(results: list[dict], jobs: int, quiet: bool = False) -> None:
     f = SCRATCH / "scores.json"
     old = json.loads(f.read_text()) if f.exists() else {}
     for r in results:
@@ -250,7 +263,8 @@ def write_scores(results: list[dict], jobs: int) -> None:
                     f"{r['survived']} | {score} | {r['wall_s']} s |")
     text = "\n".join(rows) + f"\n\n{jobs} mutmut worker(s); survivors' diffs in .mutation/MODULE/survivors.txt\n"
     (SCRATCH / "scores.md").write_text(text)
-    print(text)
+    if not quiet:
+        print(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {r['killed']}/{r['mutants']} killed ({r['score']} %), {r['survived']} survived, {r['wall_s']} s",
               flush=True)
         results.append(r)
+        write_scores(results, a.jobs, quiet=True)  # after each module: a run stopped midway keeps what it measured
     write_scores(results, a.jobs)
     print(f"total {round(time.time() - t0)} s")
     return 0 if all(r["mutmut_exit"] == 0 and r["mutants"] for r in results) else 1
