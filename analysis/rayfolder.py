@@ -81,7 +81,7 @@ class TrialMeta:
 class TrialRuntime:
     OPEN = True
     start_time: float | None = None
-    last_result_time: float | None = None
+    last_result_time: Any = None  # a time; Ray writes -Infinity for a trial with no result yet (read by number())
     last_result: dict[str, Any] | None = None
     error_filename: str | None = None
 

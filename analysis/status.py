@@ -26,7 +26,7 @@ from analysis.sweepdata import (all_runs, check_store, read_sweep_json, remote_v
                                 tracking_uri_of)
 from trainables.filecheck import Range, read_checked
 from trainables.lease import driver_alive
-from trainables.storage import Folder
+from trainables.storage import Folder, as_stored
 
 # What a trial came to, in the order they are listed.
 OUTCOMES = ("running", "pending", "completed", "early-stopped", "diverged", "error", "killed")
@@ -305,10 +305,17 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
     """Everything `gentune status` shows, read without writing anything."""
     info = read_sweep_json(root)
     folder = Folder(str(root))
-    address = str(folder)
     if folder.remote:  # its records, Tune's state and the trials' results, copied down (no checkpoints)
-        root = remote_view(folder)[0]
-    root = Path(root).expanduser()
+        local = remote_view(folder)[0]
+        with as_stored(local, folder):
+            out = _read_status(local, info, folder, tracking_uri, planned, now)
+        out.notes = [n.replace(str(local), str(folder)) for n in out.notes]
+        return out
+    return _read_status(Path(root).expanduser(), info, folder, tracking_uri, planned, now)
+
+
+def _read_status(root: Path, info: dict, folder: Folder, tracking_uri: str | None, planned: dict[str, int] | None,
+                 now: float | None) -> SweepStatus:
     now = time.time() if now is None else now
     uri = tracking_uri or (tracking_uri_of(root, info) if info.get("tracking_uri") or info.get("local_store") else "")
     exp_id = str(info.get("experiment_id") or "")
@@ -349,7 +356,7 @@ def read_status(root: str | Path, *, tracking_uri: str | None = None, planned: d
             enough = st.planned is None or len(st.trials) >= st.planned
             st.state = "finished" if st.trials and not live and enough and not runs else "running"
         studies.append(st)
-    out = SweepStatus(root=address, name=str(info.get("name") or root.name), tracking_uri=uri, experiment_id=exp_id,
+    out = SweepStatus(root=str(folder), name=str(info.get("name") or root.name), tracking_uri=uri, experiment_id=exp_id,
                       started=number(info.get("started")), studies=studies, now=now, notes=notes,
                       driver_state=str(info.get("state") or ""), driver_alive=alive,
                       waiting=waiting if alive else "")

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from search.spec import Spec
-from trainables.errors import GentuneError, SpecError
+from trainables.errors import SpecError
 from trainables.lease import LEASE, LOCK
-from trainables.storage import Folder, cache_dir, is_remote, join
+from trainables.storage import Folder, as_stored, cache_dir, is_remote, join
 
 
 def sweep_dir(spec: Spec, storage: str | None, name: str | None) -> str:
@@ -71,10 +71,12 @@ def check_folder(folder: Folder, resume: bool, source: dict, smoke: bool) -> dic
             rel.endswith(".pkl") or rel.split("/")[1].startswith("experiment_state-"))))
     db = local / "optuna.db"
     if db.exists() or db.is_symlink():  # before Optuna opens it: it would add its tables to a foreign or emptied file
-        _as_stored(folder, local, check_optuna_db, db)
+        with as_stored(local, folder):
+            check_optuna_db(db)
     for name in info["studies"]:  # what Tune will restore, before any study resumes and writes
         if (local / name / "tuner.pkl").exists():
-            _as_stored(folder, local, check_tune_state, local / name)
+            with as_stored(local, folder):
+                check_tune_state(local / name)
     diff = [d.replace("__set__.", "--set ") for d in spec_differences(info.get("spec"), source)]
     if bool(info.get("smoke")) != bool(smoke):
         diff.append("--smoke")
@@ -82,16 +84,6 @@ def check_folder(folder: Folder, resume: bool, source: dict, smoke: bool) -> dic
         raise SpecError(f"--resume: the spec differs from the one {folder.name} ran with in {', '.join(diff[:6])}; "
                         "resume with the same spec and --set values, or start a new sweep with --name")
     return info
-
-
-def _as_stored(folder: Folder, local: Path, check, *args) -> None:
-    """Run a check on files copied down from a remote sweep; its error names the file in the store."""
-    try:
-        check(*args)
-    except GentuneError as e:
-        if not folder.remote:
-            raise
-        raise type(e)(str(e).replace(str(local), str(folder))) from None
 
 
 def check_tune_state(folder: Path) -> None:

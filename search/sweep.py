@@ -10,12 +10,12 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from search.cluster import adapt_resources, check_address
 from search.folder import check_folder, default_store, spool_dir, sweep_dir, tracking_uri_for, write_info
 from search.searcher import DefineByRun, evaluated_optuna_search, full_config, optuna_storage, pbt_scheduler, save_optuna, tune_domain
 from search.spec import Spec, Study
@@ -204,52 +204,6 @@ def tag_pareto(w, grid, objectives) -> list[str]:
     return sorted(front)
 
 
-def check_address(address: str | None) -> None:
-    """Fail fast on a --address nobody answers at: ray.init would retry for minutes, then raise a traceback."""
-    if not address or address in ("auto", "local"):
-        return
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not host or not port.isdigit():
-        raise SpecError(f"--address {address!r}: expected auto or HOST:PORT of a Ray cluster's head")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as e:
-        raise SpecError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
-
-
-def adapt_resources(spec: Spec, local: bool, quiet: bool) -> Spec:
-    """Fit the studies' requests to a local Ray instance; on a cluster, keep them (nodes may join later).
-
-    A local instance without a GPU runs GPU-asking studies on the CPU and says so in one line: Tune
-    would otherwise leave every trial PENDING forever without a word (the shipped specs ask for
-    fractional GPUs). A CPU request above the machine's CPUs is lowered to all of them, likewise.
-    """
-    import dataclasses
-
-    import ray
-
-    if not local:
-        return spec
-    have = ray.cluster_resources()
-    gpus, cpus = float(have.get("GPU", 0)), float(have.get("CPU", 1))
-    studies = []
-    for st in spec.studies:
-        new = st
-        if st.gpu > 0 and gpus == 0:
-            print(f"gentune sweep: study {st.name} asks gpu {st.gpu:g} per trial but this machine has no GPU; "
-                  "running its trials on the CPU (--set resources.gpu=0 says so in the spec)", file=sys.stderr)
-            new = dataclasses.replace(new, gpu=0.0)
-        elif st.gpu > gpus:
-            raise SpecError(f"study {st.name}: resources.gpu {st.gpu:g} per trial, but this machine has {gpus:g} GPU(s)")
-        if st.cpu > cpus:
-            if not quiet:
-                print(f"gentune sweep: study {st.name} asks cpu {st.cpu:g} per trial; this machine has {cpus:g}: "
-                      f"using {cpus:g}", file=sys.stderr)
-            new = dataclasses.replace(new, cpu=cpus)
-        studies.append(new)
-    return dataclasses.replace(spec, studies=tuple(studies))
-
-
 def result_trial_id(r) -> str:
     """The trial id of a Tune Result. Not result.metrics["trial_id"]: a trial PBT restored from another's
     checkpoint that had no epoch left to run ends with the other trial's last result."""
@@ -275,6 +229,13 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
     if name is not None:
         spec = dataclasses.replace(spec, name=plain_name("--name", name))
     root = sweep_dir(spec, storage, name)
+    if address not in (None, "auto", "local") and "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
+        # Ray sends this machine's token (from `ray start`) to a cluster found with "auto" only; to an
+        # address typed out it connects without one, and a cluster with token auth (Ray's default) then
+        # refuses it after a minute of retries (Ray reads this when it is imported: first thing,
+        # before --resume's checks unpickle Tune's state)
+        os.environ["RAY_AUTH_MODE"] = "token"
     folder = Folder(root)
     local = not folder.remote
     rp = Path(root) if local else None
@@ -368,14 +329,3 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
         raise
     finally:
         lease.release()
-
-
-def summary_table(grid, metrics: list[str]) -> str:
-    """Plain-text table of trials: id, status, epochs, the study's metric(s), stop reason."""
-    lines = [f"{'trial':<12} {'status':<6} {'epochs':>6} " + " ".join(f"{m:>12}" for m in metrics) + "  stop reason"]
-    for r in grid:
-        m = r.metrics or {}
-        vals = " ".join(f"{m[k]:>12.4f}" if isinstance(m.get(k), (int, float)) else f"{'-':>12}" for k in metrics)
-        lines.append(f"{result_trial_id(r):<12} {'ERROR' if r.error else 'OK':<6} {m.get('epoch', 0):>6} {vals}  "
-                     f"{m.get('stop_reason', '')}")
-    return "\n".join(lines)

@@ -108,6 +108,7 @@ class Lease:
         self._etag: str | None = None
         self._body = _body()
         self._thread: threading.Thread | None = None
+        self._client = None
 
     @classmethod
     def acquire(cls, folder: Folder) -> Lease:
@@ -149,7 +150,13 @@ class Lease:
     # --- S3: conditional writes -------------------------------------------------------------------
 
     def _s3(self):
-        """A boto3 client for the bucket of the sweep's URI, with the URI's endpoint and region options."""
+        """A boto3 client for the bucket of the sweep's URI, with the URI's endpoint and region options; the
+        bucket; the lease's key."""
+        if self._client is None:
+            self._client = self._s3_client()
+        return self._client
+
+    def _s3_client(self):
         from urllib.parse import parse_qs
 
         import boto3
@@ -159,7 +166,8 @@ class Lease:
         if endpoint and "://" not in endpoint:
             endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
         bucket, _, prefix = self.folder.base.partition("/")
-        client = boto3.client("s3", endpoint_url=endpoint or None, region_name=query.get("region") or None)
+        # a session of its own: boto3's default session is not safe to make clients from in two threads at once
+        client = boto3.session.Session().client("s3", endpoint_url=endpoint or None, region_name=query.get("region") or None)
         return client, bucket, f"{prefix}/{LEASE}" if prefix else LEASE
 
     def _s3_acquire(self) -> None:

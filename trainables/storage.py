@@ -49,6 +49,17 @@ def cache_dir(kind: str, address: str) -> Path:
     return root / kind / f"{name}-{hashlib.sha1(address.encode()).hexdigest()[:10]}"
 
 
+@contextmanager
+def as_stored(local: Path, folder: "Folder | None") -> Iterator[None]:
+    """Errors about the files of `local`, a copy of a remote `folder`, name the files in the store."""
+    try:
+        yield
+    except GentuneError as e:
+        if folder is None or not folder.remote:
+            raise
+        raise type(e)(str(e).replace(str(local), str(folder))) from None
+
+
 class Folder:
     """A folder on local disk or remote storage: read, write, list, copy down and up."""
 

@@ -14,7 +14,7 @@ from search.commands import Help
 def cmd_sweep(args: argparse.Namespace) -> int:
     from trainables.errors import GentuneError
     from search.spec import load_spec
-    from search.sweep import result_trial_id, run_sweep, summary_table, sweep_dir
+    from search.sweep import result_trial_id, run_sweep, sweep_dir
 
     spec = load_spec(args.spec, args.set, smoke=args.smoke)
     meta = {"spec_path": str(Path(args.spec).resolve()), "overrides": args.set, "smoke": args.smoke}
@@ -97,3 +97,16 @@ def register(sub) -> None:
     p.add_argument("--smoke", action="store_true", help="shrink every study in sizes only (epochs, steps, batch, T, width) to a tiny run on demo data, at most 2 trials each")
     p.add_argument("--quiet", action="store_true", help="no live trial table")
     p.set_defaults(func=cmd_sweep)
+
+
+def summary_table(grid, metrics: list[str]) -> str:
+    """Plain-text table of trials: id, status, epochs, the study's metric(s), stop reason."""
+    from search.sweep import result_trial_id
+
+    lines = [f"{'trial':<12} {'status':<6} {'epochs':>6} " + " ".join(f"{m:>12}" for m in metrics) + "  stop reason"]
+    for r in grid:
+        m = r.metrics or {}
+        vals = " ".join(f"{m[k]:>12.4f}" if isinstance(m.get(k), (int, float)) else f"{'-':>12}" for k in metrics)
+        lines.append(f"{result_trial_id(r):<12} {'ERROR' if r.error else 'OK':<6} {m.get('epoch', 0):>6} {vals}  "
+                     f"{m.get('stop_reason', '')}")
+    return "\n".join(lines)
