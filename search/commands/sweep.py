@@ -9,10 +9,11 @@ import traceback
 from pathlib import Path
 
 from search.commands import Help
+from trainables.errors import GentuneError
+from trainables.storage import Folder, without_query
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from trainables.errors import GentuneError
     from search.spec import load_spec
     from search.sweep import result_trial_id, run_sweep, sweep_dir
 
@@ -29,9 +30,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except Exception as e:  # a crash of the driver: one line here, the traceback in the sweep folder
         if args.debug:
             raise
-        root = Path(sweep_dir(spec, args.storage, args.name))
-        log = root / "driver-error.log" if root.is_dir() else Path(f"/tmp/gentune-sweep-error-{int(time.time())}.log")
-        log.write_text(traceback.format_exc())
+        text = traceback.format_exc()
+        log = f"/tmp/gentune-sweep-error-{int(time.time())}.log"
+        try:  # in the sweep folder, wherever it is; else on this machine
+            folder = Folder(sweep_dir(spec, args.storage, args.name))
+            if folder.is_dir():
+                folder.write_bytes("driver-error.log", text.encode())
+                log = without_query(folder.uri("driver-error.log"))
+        except GentuneError:  # the store itself is what failed
+            pass
+        if log.startswith("/tmp/"):
+            Path(log).write_text(text)
         first = (str(e).strip().splitlines() or [""])[0][:200]
         print(f"gentune sweep: error: the sweep failed: {type(e).__name__}: {first} (traceback in {log}; "
               f"--debug shows it here)", file=sys.stderr)
