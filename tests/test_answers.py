@@ -1,5 +1,6 @@
 """`gentune status`, `compare`, `report` and `export` give the answers recorded in tests/answers/quickstart_smoke.json
-on the session's smoke sweep of search/specs/quickstart.yaml.
+on the session's smoke sweep of search/specs/quickstart.yaml (each study ranked on tests/conftest.py SMOKE_METRICS, so
+that the best trial of a study is not also its worst).
 
 A change of code must not change what a user is told unless it means to. The record was first checked against
 the code from before the refactor of issue 15 (commit 582c97b, which read the same sweep and gave the same
