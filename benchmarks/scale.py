@@ -267,7 +267,7 @@ def run_plain(n: int, a: argparse.Namespace, storage: str) -> dict[str, Any]:
         trainable,
         param_space={"epochs": a.epochs, "work_s": a.work, "compute": a.compute, "x": tune.uniform(0.0, 1.0)},
         # Tune's default sampler, seeded; its max_concurrent is what max_concurrent_trials would set
-        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=n,
+        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=n, reuse_actors=a.plain_reuse_actors,
                                     search_alg=BasicVariantGenerator(random_state=0, max_concurrent=a.concurrency)),
         run_config=tune.RunConfig(name=f"plain-n{n}", storage_path=storage, verbose=0),
     )
@@ -368,6 +368,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--compute", choices=("sleep", "cpu"), default="sleep", help="how a trial spends --work (default sleep)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at a time (default 2: the 2 cores here)")
     p.add_argument("--searcher", choices=("tpe", "random"), default="tpe", help="gentune's budget.searcher (default tpe)")
+    p.add_argument("--plain-reuse-actors", action="store_true",
+                   help="plain Tune reuses each trial's Ray actor for the next (reuse_actors=True; gentune keeps Tune's "
+                        "default, a new actor per trial): what starting an actor per trial costs")
     p.add_argument("--storage", default=None, help="where both sides write (a folder or s3://...); default a temp folder")
     p.add_argument("--tracking-uri", default="", help="MLflow for gentune (needed with s3:// storage); default the sweep's SQLite")
     p.add_argument("--cli", default=",".join(CLI_COMMANDS), help="gentune commands to time, comma-separated ('' for none)")
