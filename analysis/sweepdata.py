@@ -319,6 +319,7 @@ class Sweep:
         self.tracking_uri = tracking_uri or tracking_uri_of(self.root, self.info)
         check_store(self.tracking_uri, "--tracking-uri" if tracking_uri else str(self.root / "sweep.json"))
         self._history: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        self._dirs: dict[str, dict[str, Path]] = {}  # trial_dirs of each study, once read
 
     @contextmanager
     def store_errors(self):
@@ -548,7 +549,10 @@ class Sweep:
     # --- checkpoints ------------------------------------------------------------------------------
 
     def trial_dirs(self, study: str) -> dict[str, Path]:
-        """{trial id: Ray trial folder} of a study's experiment folder."""
+        """{trial id: Ray trial folder} of a study's experiment folder (read once per study: `report` asks for every
+        trial's, and each look reads every result.json of the study)."""
+        if study in self._dirs:
+            return self._dirs[study]
         exp = self.root / study
         out: dict[str, Path] = {}
         if not exp.is_dir():
@@ -559,6 +563,7 @@ class Sweep:
             tid = trial_id_of(d, read_results(res, live) if res.is_dir() or (res.is_file() and res.stat().st_size) else [])
             if tid:
                 out[tid] = d
+        self._dirs[study] = out  # whole or not at all: a damaged file read next time is the same error again
         return out
 
     def checkpoint_dirs(self, trial: Trial) -> list[Path]:

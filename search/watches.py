@@ -26,9 +26,13 @@ def pending_watch(study: str, root: str):
             self.last_running = time.time()
             self.warned = False
             self.written = -1.0  # when waiting.json was last written (0: it is not there; -1: one a driver before may have left)
+            self.checked = 0.0
 
         def on_step_end(self, iteration, trials, **info):
             now = time.time()
+            if now - self.checked < 1.0:  # Tune's loop steps many times a second: a look each second is enough
+                return  # (asking Ray for the cluster's resources each step cost 20 ms per result, benchmarks.scale)
+            self.checked = now
             pending = [t for t in trials if t.status == "PENDING"]
             if any(t.status == "RUNNING" for t in trials):
                 self.last_running = now
