@@ -267,7 +267,8 @@ def run_plain(n: int, a: argparse.Namespace, storage: str) -> dict[str, Any]:
         trainable,
         param_space={"epochs": a.epochs, "work_s": a.work, "compute": a.compute, "x": tune.uniform(0.0, 1.0)},
         # Tune's default sampler, seeded; its max_concurrent is what max_concurrent_trials would set
-        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=n, reuse_actors=a.plain_reuse_actors,
+        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=n,
+                                    reuse_actors=a.plain_reuse_actors or a.reuse_actors,
                                     search_alg=BasicVariantGenerator(random_state=0, max_concurrent=a.concurrency)),
         run_config=tune.RunConfig(name=f"plain-n{n}", storage_path=storage, verbose=0),
     )
@@ -289,6 +290,21 @@ def spec_text(n: int, a: argparse.Namespace) -> str:
             f"resources: {{cpu: 1, gpu: 0}}\nconcurrency: {a.concurrency}\n")
 
 
+def reuse_actors_in_gentune():
+    """Every tune.TuneConfig made from now on has reuse_actors=True unless told otherwise (gentune's run_sweep sets
+    none): what that change to search/sweep.py would do, measured without editing it. Returns the undo."""
+    from ray import tune
+
+    orig = tune.TuneConfig.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("reuse_actors", True)
+        orig(self, *args, **kwargs)
+
+    tune.TuneConfig.__init__ = init
+    return lambda: setattr(tune.TuneConfig, "__init__", orig)
+
+
 def run_gentune(n: int, a: argparse.Namespace, storage: str, tmp: Path) -> dict[str, Any]:
     from search.spec import load_spec
     from search.sweep import run_sweep
@@ -296,10 +312,15 @@ def run_gentune(n: int, a: argparse.Namespace, storage: str, tmp: Path) -> dict[
     spec_path = tmp / f"scale-n{n}.yaml"
     spec_path.write_text(spec_text(n, a))
     spec = load_spec(spec_path)
+    undo = reuse_actors_in_gentune() if a.reuse_actors else None
     PROFILE.clear()
     t0, c0 = time.perf_counter(), time.process_time()
-    out = run_sweep(spec, storage=storage, name=f"gentune-n{n}", address=None, resume=False, quiet=True,
-                    tracking_uri=a.tracking_uri)
+    try:
+        out = run_sweep(spec, storage=storage, name=f"gentune-n{n}", address=None, resume=False, quiet=True,
+                        tracking_uri=a.tracking_uri)
+    finally:
+        if undo is not None:
+            undo()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     results, errors, trials = 0, len(out["failed"]), 0
     for grid, _ in out["results"].values():
@@ -371,6 +392,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--plain-reuse-actors", action="store_true",
                    help="plain Tune reuses each trial's Ray actor for the next (reuse_actors=True; gentune keeps Tune's "
                         "default, a new actor per trial): what starting an actor per trial costs")
+    p.add_argument("--reuse-actors", action="store_true",
+                   help="both sides reuse actors: plain through TuneConfig, gentune through a patched TuneConfig default "
+                        "in this process (the change proposed for search/sweep.py, measured without editing it)")
     p.add_argument("--storage", default=None, help="where both sides write (a folder or s3://...); default a temp folder")
     p.add_argument("--tracking-uri", default="", help="MLflow for gentune (needed with s3:// storage); default the sweep's SQLite")
     p.add_argument("--cli", default=",".join(CLI_COMMANDS), help="gentune commands to time, comma-separated ('' for none)")
@@ -408,7 +432,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="gentune-scale-"))
     storage = a.storage or str(tmp / "runs")
     print(f"benchmarks.scale: machine {machine()}; storage {storage}; N {sizes}, E {a.epochs}, work {a.work} s "
-          f"({a.compute}), concurrency {a.concurrency}, gentune searcher {a.searcher}", flush=True)
+          f"({a.compute}), concurrency {a.concurrency}, gentune searcher {a.searcher}"
+          + ("; reuse_actors on both sides" if a.reuse_actors else "; plain reuses actors" if a.plain_reuse_actors else ""),
+          flush=True)
     t_ray = time.perf_counter()
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
              runtime_env={"env_vars": {"GENTUNE_FAMILIES": os.environ["GENTUNE_FAMILIES"], "PYTHONPATH": os.environ["PYTHONPATH"]}})
