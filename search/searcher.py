@@ -43,18 +43,25 @@ def evaluated_optuna_search(max_epochs: int, **kwargs):
             if isinstance(self.metric, list) or trial_id in self._completed_trials:
                 return
             value = result.get(self.metric)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self._ot_trials[trial_id].report(float(value), int(result.get("epoch", result.get("training_iteration", 0))))
+            step = int(result.get("epoch", result.get("training_iteration", 0)))
+            reported = getattr(self, "_reported", None)
+            if reported is None:
+                reported = self._reported = {}
+            # the result that ends a trial may have come here already: Optuna warns of a step reported twice
+            if isinstance(value, (int, float)) and math.isfinite(value) and step > reported.get(trial_id, -1):
+                self._ot_trials[trial_id].report(float(value), step)
+                reported[trial_id] = step
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if result and is_failure(result.get("stop_reason")):
                 result, error = None, True
             elif result and not error:
-                # the result that ended the trial (a rung's or the last epoch's) comes here, not to on_trial_result
+                # the result that ended the trial (a rung's or the last epoch's) may come here only
                 self.on_trial_result(trial_id, result)
                 if int(result.get("epoch", max_epochs)) < max_epochs:
                     result = None  # stopped at a rung: Ray's OptunaSearch tells a trial without a result PRUNED
             super().on_trial_complete(trial_id, result, error)
+            getattr(self, "_reported", {}).pop(trial_id, None)
 
     return EvaluatedOptunaSearch(**kwargs)
 
