@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing of gentune's pure-logic core (mutmut 3): docs/mutation.md. Not part of CI.
-#   scripts/mutation.sh                 every module, 2 mutants at a time (about 30 minutes on 2 cores)
+#   scripts/mutation.sh                 every module, 2 mutants at a time (docs/mutation.md: times measured)
 #   scripts/mutation.sh fid gan         some modules;  --jobs N: N at a time;  --before: without tests/test_mutation_*.py
 #   scripts/mutation.sh --list          the modules, the functions mutated and the tests selected for each
 # Scores: .mutation/scores.md and .mutation/scores.json; each survivor's diff: .mutation/MODULE/survivors.txt
