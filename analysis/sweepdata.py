@@ -317,7 +317,7 @@ class Sweep:
         self.root = root.resolve()
         self.name: str = self.info.get("name", root.name)
         self.tracking_uri = tracking_uri or tracking_uri_of(self.root, self.info)
-        check_store(self.tracking_uri, "--tracking-uri" if tracking_uri else str(self.root / "sweep.json"))
+        check_store(self.tracking_uri, "--tracking-uri" if tracking_uri else f"{self.address}/sweep.json")
         self._history: dict[tuple[str, str], list[tuple[int, float]]] = {}
         self._dirs: dict[str, dict[str, Path]] = {}  # trial_dirs of each study, once read
 

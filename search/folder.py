@@ -64,6 +64,9 @@ def check_folder(folder: Folder, resume: bool, source: dict, smoke: bool) -> dic
         return None
     from analysis.sweepdata import check_optuna_db, read_sweep_json
 
+    record = Path(folder.base, "sweep.json")
+    if not (folder.is_file("sweep.json") if folder.remote else record.exists() or record.is_symlink()):
+        raise SpecError(f"--resume: there is no sweep in {folder} (no sweep.json); check --name and --storage")
     info = read_sweep_json(folder.address)  # missing, a folder or a damaged file in its place: one line naming it
     local = Path(folder.base) if not folder.remote else cache_dir("resume", folder.address)
     if folder.remote:  # what the checks below read, copied down: the Optuna study and Tune's saved state

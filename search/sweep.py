@@ -229,13 +229,6 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
     if name is not None:
         spec = dataclasses.replace(spec, name=plain_name("--name", name))
     root = sweep_dir(spec, storage, name)
-    if address not in (None, "auto", "local") and "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
-        # Ray sends this machine's token (from `ray start`) to a cluster found with "auto" only; to an
-        # address typed out it connects without one, and a cluster with token auth (Ray's default) then
-        # refuses it after a minute of retries (Ray reads this when it is imported: first thing,
-        # before --resume's checks unpickle Tune's state)
-        os.environ["RAY_AUTH_MODE"] = "token"
     folder = Folder(root)
     local = not folder.remote
     rp = Path(root) if local else None
@@ -279,7 +272,12 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
                          runtime_env={"env_vars": plugins} if plugins else None)
             except ConnectionError as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise SpecError(f"--address {address}: cannot join the Ray cluster ({first[:200]})") from None
+                # Ray sends this machine's token to a cluster it finds with "auto" only, never to an address typed
+                # out; a cluster started with `ray start` (token auth by default) then refuses the driver
+                hint = ("; if the cluster uses token authentication (Ray's default for `ray start`), set "
+                        "RAY_AUTH_MODE=token" if address not in (None, "auto", "local")
+                        and "RAY_AUTH_MODE" not in os.environ else "")
+                raise SpecError(f"--address {address}: cannot join the Ray cluster ({first[:200]}){hint}") from None
         spec = adapt_resources(spec, local=address in (None, "local"), quiet=quiet)
         try:
             exp_id = ensure_experiment(uri, spec.experiment or spec.name, rp / "mlartifacts" if local else None)

@@ -59,7 +59,8 @@ def test_sweep_on_s3_with_a_second_driver_a_lost_driver_and_a_tracking_outage(tm
 
     address, env = ray_head
     epochs = 8
-    env = {**env, "GENTUNE_LEASE_TTL_S": "12", "GENTUNE_CACHE": str(cache_dir)}
+    # RAY_AUTH_MODE=token: `ray start` turned token auth on, and Ray sends the token to an address typed out only so
+    env = {**env, "GENTUNE_LEASE_TTL_S": "12", "GENTUNE_CACHE": str(cache_dir), "RAY_AUTH_MODE": "token"}
     for k, v in s3.items():
         monkeypatch.setenv(k, v)
     spec = dann_spec(tmp_path / "spec.yaml", "ons3", trials=2, epochs=epochs, concurrency=2, gpu=0)
