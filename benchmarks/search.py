@@ -11,7 +11,9 @@ equal compute counted in trial-epochs (every epoch any trial trains, evaluated o
   random+fifo  Optuna's random sampler, every trial runs all its epochs
   random+asha  random sampler, ASHA stops weak trials at evaluated epochs
   tpe+fifo     Optuna's TPE, FIFO
-  tpe+asha     TPE + ASHA (gentune's default)
+  tpe+asha     TPE + ASHA (gentune's default: a trial ASHA stops reaches Optuna as PRUNED)
+  tpe+asha-complete  the same, but a stopped trial is told to Optuna as Ray's OptunaSearch tells it (COMPLETE at
+               its rung value, as if its 2-epoch accuracy were a final one): what that choice changes
 
 Each search method starts from the report's configuration (start_from, as the shipped spec) and gets
 `--budget` trial-epochs (FIFO: budget / epochs trials; ASHA: twice as many trials, its curve cut
@@ -21,6 +23,13 @@ gives it at 1/4, 1/2 and all of the budget, mean +- standard deviation over seed
 trial-epochs TPE + ASHA needed to reach random + FIFO's final best. A second table shows how far each
 selection criterion's pick (target_acc with labels; source_acc and dev_risk without) is from the
 best held-out test accuracy among the same trials.
+
+One run is one seed, and on this task the seed moves the result as much as the configuration does. So each
+method's pick (the configuration its sweep ranks first) is then trained again, from scratch at the same size,
+with --retrain-seeds fresh seeds (100, 101, ...: the same ones for every pick, so that the picks are compared on
+equal draws), and the third table gives the quality of the configuration found: its held-out test accuracy at
+the last epoch, mean +- sd over every pick and fresh seed, with Welch's two-sample t-test against tpe+asha
+(gentune's default); a difference is called real only at p < 0.05.
 
 Every sweep is a real `gentune sweep` (Ray Tune, Optuna, MLflow) in a temporary folder, one Ray
 instance for all of them, two trials at a time on one CPU each.
@@ -38,7 +47,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("report", "random+fifo", "random+asha", "tpe+fifo", "tpe+asha")
+METHODS = ("report", "random+fifo", "random+asha", "tpe+fifo", "tpe+asha", "tpe+asha-complete")
+RETRAIN_SEED = 100  # the first fresh seed of the re-training
 CRITERIA = (("target_acc", "max"), ("source_acc", "max"), ("dev_risk", "min"))
 DATA = {"demo": "demo MNIST-M-like -> USPS-like", "real": "real MNIST-M test subset -> USPS test split (report layout)"}
 
@@ -63,22 +73,34 @@ def overrides(method: str, seed: int, a: argparse.Namespace) -> list[str]:
     if method == "report":
         return sizes + ["lr=0.001", "lamb=0.3", "lambda_schedule=fixed", "budget.trials=1", "budget.scheduler=fifo"]
     searcher, scheduler = method.split("+")
+    scheduler = scheduler.split("-")[0]
     fifo_trials = max(1, a.budget // a.epochs)
     trials = fifo_trials if scheduler == "fifo" else 2 * fifo_trials
     extra = [f"budget.grace_period={a.eval_every}", "budget.reduction_factor=2"] if scheduler == "asha" else []
     return sizes + [f"budget.trials={trials}", f"budget.scheduler={scheduler}", f"budget.searcher={searcher}", *extra]
 
 
-def run_method(method: str, seed: int, a: argparse.Namespace, storage: Path) -> list[dict]:
-    """One sweep; every epoch of every trial as {t, trial, epoch, metrics...}, in the order epochs finished."""
+def run_method(method: str, seed: int, a: argparse.Namespace, storage: Path) -> tuple[list[dict], dict | None]:
+    """One sweep; every epoch of every trial as {t, trial, epoch, metrics...}, in the order epochs finished, and
+    the configuration the sweep ranks first (its trial's flat config; None if no trial reported the metric)."""
+    import functools
+
+    import search.sweep as driver
     from search.spec import load_spec
     from search.sweep import result_trial_id, run_sweep
 
     spec = load_spec(ROOT / "search/specs/dann.yaml", overrides(method, seed, a))
-    out = run_sweep(spec, storage=str(storage), name=f"{method.replace('+', '-')}-s{seed}", address=None, resume=False,
-                    quiet=True)
-    rows = []
-    for st, (grid, _) in out["results"].items():
+    told = driver.evaluated_optuna_search
+    if method.endswith("-complete"):
+        driver.evaluated_optuna_search = functools.partial(told, stopped_as="complete")
+    try:
+        out = run_sweep(spec, storage=str(storage), name=f"{method.replace('+', '-')}-s{seed}", address=None,
+                        resume=False, quiet=True)
+    finally:
+        driver.evaluated_optuna_search = told
+    rows, pick = [], None
+    for st, (grid, best) in out["results"].items():
+        pick = dict(best.config) if best is not None else None
         for r in grid:
             df = r.metrics_dataframe
             if df is None:
@@ -87,7 +109,54 @@ def run_method(method: str, seed: int, a: argparse.Namespace, storage: Path) -> 
             for rec in df.to_dict("records"):
                 rows.append({"trial": tid, **{k: rec[k] for k in rec if isinstance(rec[k], (int, float))}})
     rows.sort(key=lambda x: (x.get("timestamp", 0), x.get("time_total_s", 0)))
-    return rows
+    return rows, pick
+
+
+def retrain(picks: dict[tuple[str, int], dict], n: int) -> dict[tuple[str, int], list[dict]]:
+    """Each pick trained again with seeds RETRAIN_SEED .. + n - 1, two at a time as Ray tasks (one CPU each), by
+    the trials' own training loop; {(method, sweep seed): [last epoch's metrics, per fresh seed]}."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def one(config: dict) -> dict:
+        from trainables.loop import fit
+
+        last: dict = {}
+        fit("dann", config, lambda e: last.update(e.metrics), quiet=True)
+        return last
+
+    jobs = {(key, k): one.remote({**cfg, "seed": RETRAIN_SEED + k}) for key, cfg in picks.items() for k in range(n)}
+    out: dict[tuple[str, int], list[dict]] = {}
+    for (key, k), ref in jobs.items():
+        out.setdefault(key, []).append(ray.get(ref))
+    return out
+
+
+def retrain_table(runs: dict[str, dict[int, list[dict]]], trained: dict[tuple[str, int], list[dict]], n: int) -> list[str]:
+    """Per method: the held-out test accuracy of its picks trained again (mean +- sd, n), the same on the selection
+    half, and Welch's t-test of the test accuracies against tpe+asha's."""
+    from scipy.stats import ttest_ind
+
+    def values(m: str, metric: str) -> list[float]:
+        return [float(r[metric]) for (mm, _), rs in trained.items() if mm == m for r in rs
+                if isinstance(r.get(metric), (int, float)) and not math.isnan(r[metric])]
+
+    ref = values("tpe+asha", "target_test_acc")
+    lines = [f"| method | its search's best (one run; selection half) | re-trained: test acc (held out) | re-trained: selection half | n | difference from tpe+asha | Welch t-test p | exceeds the spread (p < 0.05) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m, by_seed in runs.items():
+        test = values(m, "target_test_acc")
+        found = [c[-1][1] for c in (anytime(rows) for rows in by_seed.values()) if c]
+        diff, p = "-", "-"
+        verdict = "-"
+        if m != "tpe+asha" and len(test) > 1 and len(ref) > 1:
+            d = statistics.mean(test) - statistics.mean(ref)
+            pv = float(ttest_ind(test, ref, equal_var=False).pvalue)
+            diff, p = f"{d:+.3f}", ("1" if math.isnan(pv) else f"{pv:.3f}")  # nan: both constant and equal
+            verdict = "yes" if pv < 0.05 else "no"
+        lines.append(f"| {m} | {mean_sd(found)} | {mean_sd(test)} | {mean_sd(values(m, 'target_acc'))} | {len(test)} | "
+                     f"{diff} | {p} | {verdict} |")
+    return lines
 
 
 def anytime(rows: list[dict], metric: str = "target_acc") -> list[tuple[int, float]]:
@@ -161,7 +230,8 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], budget: int, path: Pa
     plt.close(fig)
 
 
-def report(a: argparse.Namespace, runs: dict[str, dict[int, list[dict]]], wall: float, png: Path) -> str:
+def report(a: argparse.Namespace, runs: dict[str, dict[int, list[dict]]], wall: float, png: Path,
+           trained: dict[tuple[str, int], list[dict]] | None = None) -> str:
     budget = a.budget
     curves = {m: [anytime(rows) for rows in by_seed.values()] for m, by_seed in runs.items()}
     lines = [f"| method | best at {budget // 4} | best at {budget // 2} | best at {budget} | trials | trial-epochs run (curve cut at the budget) |",
@@ -211,6 +281,10 @@ def report(a: argparse.Namespace, runs: dict[str, dict[int, list[dict]]], wall: 
         "",
         *crit,
         "",
+        *([f"The configuration each method found, trained again with {a.retrain_seeds} fresh seeds "
+           f"({', '.join(str(RETRAIN_SEED + k) for k in range(a.retrain_seeds))}) per pick, at the same size "
+           "(test acc: the held-out half of the target, at the last epoch; n = picks x fresh seeds):", "",
+           *retrain_table(runs, trained, a.retrain_seeds), ""] if trained else []),
     ])
 
 
@@ -226,17 +300,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", choices=tuple(DATA), default="demo", help="demo: the embedded data; real: ../shared's "
                    "MNIST-M subset -> USPS, in the report's layout")
     p.add_argument("--shared", default=str(ROOT.parent / "shared" / "datasets"), help="where --data real finds them")
+    p.add_argument("--retrain-seeds", type=int, default=3, help="fresh seeds each method's pick is trained again "
+                   "with (0: none)")
     p.add_argument("--results", default="", help="append the tables to this markdown file (e.g. benchmarks/RESULTS.md)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the plumbing, not a measurement")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.budget, a.epochs, a.eval_every, a.steps, a.batch = "0", 8, 2, 1, 2, 16
+        a.retrain_seeds = min(a.retrain_seeds, 2)
     a.data_sets = []  # --set values that point the trials at --data real's layout (made in main)
     a.seed_list = [int(s) for s in a.seeds.split(",") if s.strip()]
     a.method_list = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in a.method_list if m not in METHODS]
     if bad or not a.seed_list:
         p.error(f"--methods: unknown {bad[0]!r}; expected of {', '.join(METHODS)}" if bad else "--seeds: none given")
+    if a.retrain_seeds < 0:
+        p.error(f"--retrain-seeds {a.retrain_seeds}: expected 0 or more")
     if a.budget < a.epochs or a.eval_every > a.epochs:
         p.error(f"--budget {a.budget} must hold at least one trial of --epochs {a.epochs}, evaluated (--eval-every)")
     return a
@@ -250,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     runs: dict[str, dict[int, list[dict]]] = {}
+    picks: dict[tuple[str, int], dict] = {}
+    trained: dict[tuple[str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="gentune-search-") as tmp:
         a.data_sets = real_layout(a, Path(tmp)) if a.data == "real" else []
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -257,12 +338,20 @@ def main(argv: list[str] | None = None) -> int:
             for seed in a.seed_list:
                 for m in a.method_list:
                     t = time.time()
-                    rows = run_method(m, seed, a, Path(tmp))
+                    rows, pick = run_method(m, seed, a, Path(tmp))
                     runs.setdefault(m, {})[seed] = rows
+                    if pick is not None:
+                        picks[(m, seed)] = pick
                     c = anytime(rows)
                     print(f"benchmarks.search: {m} seed {seed}: {len({r['trial'] for r in rows})} trial(s), {len(rows)} "
                           f"trial-epochs, best target_acc {c[-1][1] if c else float('nan'):.3f} ({time.time() - t:.0f} s)",
                           file=sys.stderr, flush=True)
+            if a.retrain_seeds and picks:
+                t = time.time()
+                print(f"benchmarks.search: training {len(picks)} pick(s) again with {a.retrain_seeds} fresh seed(s) each",
+                      file=sys.stderr, flush=True)
+                trained = retrain(picks, a.retrain_seeds)
+                print(f"benchmarks.search: re-training done ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
         finally:
             ray.shutdown()
     wall = time.time() - t0
@@ -270,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     png = out_dir / ("search_anytime.png" if a.data == "demo" else f"search_anytime_{a.data}.png")
     plot({m: [anytime(r) for r in s.values()] for m, s in runs.items()}, a.budget, png,
          f"DANN {a.data}: best target accuracy vs trial-epochs ({len(a.seed_list)} seeds; band = min-max)")
-    text = report(a, runs, wall, png)
+    text = report(a, runs, wall, png, trained)
     print(text)
     if a.results:
         with open(a.results, "a") as f:

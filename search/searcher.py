@@ -9,7 +9,7 @@ from typing import Any
 from search.spec import Domain, Study
 from trainables.storage import Folder, is_remote
 
-def evaluated_optuna_search(max_epochs: int, **kwargs):
+def evaluated_optuna_search(max_epochs: int, stopped_as: str = "pruned", **kwargs):
     """Ray's OptunaSearch, told what really happened to each trial.
 
     Trials report every epoch (each report carries the epoch's checkpoint, so a trial resumes from
@@ -22,7 +22,10 @@ def evaluated_optuna_search(max_epochs: int, **kwargs):
     before its last epoch as PRUNED (Ray tells it COMPLETE at its rung value, and TPE would then model a
     2-epoch accuracy as a final one); a diverged trial as FAIL, so TPE does not treat it as merely slow.
     The stored study names its objectives (optuna-dashboard shows "target_acc", not "Objective 0").
+    `stopped_as="complete"` tells a stopped trial as Ray does (COMPLETE at its rung value): benchmarks.search
+    measures both (benchmarks/RESULTS.md).
     """
+    from optuna.exceptions import UpdateFinishedTrialError
     from ray.tune.search.optuna import OptunaSearch
 
     from trainables.loop import is_failure
@@ -49,19 +52,57 @@ def evaluated_optuna_search(max_epochs: int, **kwargs):
                 reported = self._reported = {}
             # the result that ends a trial may have come here already: Optuna warns of a step reported twice
             if isinstance(value, (int, float)) and math.isfinite(value) and step > reported.get(trial_id, -1):
-                self._ot_trials[trial_id].report(float(value), step)
+                try:
+                    self._ot_trials[trial_id].report(float(value), step)
+                except UpdateFinishedTrialError:
+                    # a driver that stopped after telling Optuna this trial's end, before Tune's next state save:
+                    # the resumed trial runs its last epochs again, and Optuna already has them
+                    self._completed_trials.add(trial_id)
+                    self._ot_trials.pop(trial_id, None)
+                    return
                 reported[trial_id] = step
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials:
+                return
+            ot = self._ot_trials.get(trial_id)
+            if ot is not None and self._ot_study._storage.get_trial(ot._trial_id).state.is_finished():
+                self._completed_trials.add(trial_id)  # told before a driver restart (see on_trial_result)
+                self._ot_trials.pop(trial_id, None)
+                return
             if result and is_failure(result.get("stop_reason")):
                 result, error = None, True
             elif result and not error:
                 # the result that ended the trial (a rung's or the last epoch's) may come here only
                 self.on_trial_result(trial_id, result)
-                if int(result.get("epoch", max_epochs)) < max_epochs:
+                if trial_id in self._completed_trials:  # Optuna had it already (see on_trial_result)
+                    return
+                if int(result.get("epoch", max_epochs)) < max_epochs and stopped_as == "pruned":
                     result = None  # stopped at a rung: Ray's OptunaSearch tells a trial without a result PRUNED
             super().on_trial_complete(trial_id, result, error)
             getattr(self, "_reported", {}).pop(trial_id, None)
+            # Tune saves the searcher's state (a pickle of it) with its own: holding only the running trials keeps
+            # that save's size flat in the number of trials the study has run
+            self._ot_trials.pop(trial_id, None)
+
+        def save(self, checkpoint_path: str) -> None:
+            # Tune pickles the searcher into each of its state saves. The study is in its storage (optuna.db) and
+            # Optuna's in-memory copy of it grows with every trial: saved are the running trials' numbers only
+            import pickle
+
+            state = {**self.__dict__, "_ot_study": None,
+                     "_ot_trials": {tid: t._trial_id for tid, t in self._ot_trials.items()}}
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(state, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            import optuna
+
+            super().restore(checkpoint_path)
+            if self._ot_study is None:  # saved by save() above (an older save holds the study itself)
+                self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                                   sampler=self._sampler)
+                self._ot_trials = {tid: optuna.Trial(self._ot_study, n) for tid, n in self._ot_trials.items()}
 
     return EvaluatedOptunaSearch(**kwargs)
 

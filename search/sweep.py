@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from search.checkpoints import deferred, prune
 from search.cluster import adapt_resources, check_address
 from search.folder import check_folder, default_store, spool_dir, sweep_dir, tracking_uri_for, write_info
 from search.searcher import DefineByRun, evaluated_optuna_search, full_config, optuna_storage, pbt_scheduler, save_optuna, tune_domain
@@ -80,6 +81,7 @@ def run_study(spec: Spec, st: Study, root: str, uri: str, exp_id: str, resume: b
 def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
     import optuna
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from search.tracking import MlflowTrials
@@ -91,7 +93,9 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
                                                          checkpoint_every=st.perturbation_interval if pbt else 1,
                                                          repeats=st.repeats, aggregate=st.aggregate, rank=(st.metric, st.mode)),
                                     {"cpu": st.cpu, "gpu": st.gpu})
-    callbacks = [MlflowTrials(st.name, st.family, st.epochs, watch=mutable, repeats=st.repeats),
+    # Tune's result.json logger is what every command reads; its CSV and TensorBoard loggers (off: run_sweep)
+    # would write the same numbers twice more, per result, from the driver's loop
+    callbacks = [JsonLoggerCallback(), MlflowTrials(st.name, st.family, st.epochs, watch=mutable, repeats=st.repeats),
                  pending_watch(st.name, root), sigint_watch(st.name)]
     path = join(root, st.name)
     multi = len(st.objectives) > 1
@@ -139,12 +143,11 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
             run_config=tune.RunConfig(
                 name=st.name, storage_path=root, callbacks=callbacks, verbose=0 if quiet else 1,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                # num_to_keep=1: Tune then saves its experiment state with every trial checkpoint (it
-                # forces a save every num_to_keep checkpoints), so after a driver crash `--resume` never
-                # reruns a trial that had finished, nor restarts one from an older checkpoint than its last.
-                # Scored by RANK_SCORE, the one kept is the best evaluated epoch's, and Tune never deletes the
-                # latest: at most two per trial. PBT checkpoints at perturbations only and keeps three: the
-                # donor's checkpoint a trial continues from, the donor's next, and that trial's own last.
+                # num_to_keep=1 scored by RANK_SCORE: the best evaluated epoch's checkpoint, and Tune never
+                # deletes the latest: at most two per trial (search/checkpoints.py defers each deletion until
+                # the stored experiment state no longer names it). PBT checkpoints at perturbations only and
+                # keeps three: the donor's checkpoint a trial continues from, the donor's next, and that
+                # trial's own last.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=3) if pbt else tune.CheckpointConfig(
                     num_to_keep=1, checkpoint_score_attribute=RANK_SCORE, checkpoint_score_order=st.mode),
             ),
@@ -152,11 +155,14 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
     SIGINTS.discard(st.name)
     before = signal.getsignal(signal.SIGINT)
     try:
-        grid = tuner.fit()
+        with deferred():
+            grid = tuner.fit()
     finally:
         # Tune leaves its own handler installed after a run that was not interrupted: a Ctrl-C between
         # studies then went nowhere. Put back the one from before (Python's: KeyboardInterrupt).
         signal.signal(signal.SIGINT, before)
+    if resume:  # checkpoints a killed driver had queued for deletion
+        prune(grid)
     states = trial_states(grid)
     # interrupted: Ctrl-C reached Tune (its cleanup marks the running trials TERMINATED as if finished, so the
     # states alone cannot tell), a trial left unfinished, or fewer trials made than planned (no time budget)
@@ -247,8 +253,9 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
     # Results lack the ranking metric between evaluations (eval_every > 1) and in the epoch a trial
     # diverges: Tune's strict check would end the sweep on one; the searcher and ASHA skip them.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # one experiment-state save per trial checkpoint is intended (num_to_keep=1 below): no warning for it
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow holds every metric and result.json every result: no progress.csv or TensorBoard events besides
+    # (set it to 0 to have Tune add them)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if local:
         try:
             rp.mkdir(parents=True, exist_ok=True)

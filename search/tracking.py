@@ -52,12 +52,6 @@ def ensure_experiment(uri: str, name: str, artifact_dir: Path | None) -> str:
     return c.create_experiment(name, artifact_location=loc)
 
 
-def find_run(uri: str, exp_id: str, **tags: str):
-    flt = " and ".join(f"tags.`gentune.{k}` = '{v}'" for k, v in tags.items())
-    runs = client(uri).search_runs([exp_id], filter_string=flt, max_results=2)
-    return runs[0] if runs else None
-
-
 def numeric(result: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in result.items():
@@ -101,6 +95,7 @@ class Writer:
         self.wake, self.stop = threading.Event(), threading.Event()
         self.deadline = math.inf
         self.runs: dict[str, str] = {}  # "study" or a trial id -> MLflow run id
+        self._stored: dict[str, str] | None = None  # the runs MLflow had when this writer started (_stored_runs)
         self.logged: dict[str, int] = {}  # run id -> last epoch in the store (a resumed trial may report one again)
         self.unended: set[str] = set()  # trials opened and not ended by this driver
         self.behind_since: float | None = None
@@ -214,15 +209,31 @@ class Writer:
             self._c = client(self.uri)
         return self._c
 
+    def _stored_runs(self) -> dict[str, str]:
+        """The study's runs already in MLflow ("study" or a trial id -> run id), read in one listing when the writer
+        first needs a run (a resumed driver finds the first driver's); later runs are the ones this writer makes.
+        One query per writer instead of one per trial: that query's cost grows with the experiment's runs."""
+        if self._stored is None:
+            from analysis.sweepdata import all_runs
+
+            flt = f"tags.`gentune.sweep` = '{self.sweep}' and tags.`gentune.study` = '{self.study}'"
+            found: dict[str, str] = {}
+            for run in all_runs(self._client(), self.exp_id, flt):  # the latest first, should two share a key
+                tags = run.data.tags
+                key = "study" if tags.get("gentune.kind") == "study" else tags.get("gentune.trial_id")
+                if key:
+                    found.setdefault(key, run.info.run_id)
+            self._stored = found
+        return self._stored
+
     def _run(self, key: str) -> str | None:
         """The MLflow run of "study" or of a trial id, found by its tags (a resumed driver finds the first's)."""
         if key in self.runs:
             return self.runs[key]
-        tags = {"kind": "study"} if key == "study" else {"trial_id": key}
-        run = find_run(self.uri, self.exp_id, sweep=self.sweep, study=self.study, **tags)
-        if run is None:
+        rid = self._stored_runs().get(key)
+        if rid is None:
             return None
-        rid = self.runs[key] = run.info.run_id
+        self.runs[key] = rid
         if key != "study":
             history = self._client().get_metric_history(rid, "epoch_time_s")  # one per epoch
             self.logged[rid] = max((m.step for m in history), default=0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient  # at import: mutation testing's test server loads it once for every mutant
 
 from analysis.summary import format_summary
 from analysis.sweepdata import Sweep, knee
@@ -51,13 +52,43 @@ def final(trials: dict) -> dict[str, float]:
     return {k: hist[-1][1] for k, (_, hist, status) in trials.items() if status == "FINISHED"}
 
 
+def _template() -> Path:
+    """Where a finished copy of the store below is kept between test processes: making it (MLflow's schema
+    migrations, 60 runs) takes seconds, and mutation testing (docs/mutation.md) runs this module once per mutant.
+    Its name holds a hash of this file and MLflow's version, so an edit to either makes a new one; what it holds
+    is written through MLflow's client only, never by the code under test."""
+    import hashlib
+    import tempfile
+    from importlib.metadata import version
+
+    key = hashlib.sha256(Path(__file__).read_bytes() + version("mlflow").encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"gentune-test-best-trial-{key}"
+
+
 @pytest.fixture(scope="module")
 def sweep_root(tmp_path_factory) -> Path:
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
+    import os
+    import shutil
 
     root = tmp_path_factory.mktemp("best") / "s"
+    template = _template()
+    if (template / "sweep.json").is_file():
+        shutil.copytree(template, root)
+        return root
     root.mkdir()
+    _build(root)
+    part = template.with_name(f"{template.name}.{os.getpid()}")
+    shutil.copytree(root, part)
+    try:
+        os.rename(part, template)  # whole or not at all; another process may have made it first
+    except OSError:
+        shutil.rmtree(part, ignore_errors=True)
+    return root
+
+
+def _build(root: Path) -> None:
+    from mlflow.entities import Metric, Param
+
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     exp = client.create_experiment("s", artifact_location=(root / "mlartifacts").as_uri())
 
@@ -88,7 +119,6 @@ def sweep_root(tmp_path_factory) -> Path:
             "objectives": {"mo": [list(o) for o in MO_OBJECTIVES]},
             "trials": {"gan": len(GAN_FID), "dann": len(DANN_ACC), "mo": len(MO_POINTS)}, "state": "finished"}
     (root / "sweep.json").write_text(json.dumps(info, indent=2))
-    return root
 
 
 def test_the_store_holds_what_was_logged(sweep_root) -> None:

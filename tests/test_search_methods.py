@@ -248,12 +248,21 @@ def test_dashboard_refuses_a_folder_without_a_stored_study(tmp_path) -> None:
 @pytest.mark.ray
 def test_benchmark_search_runs_real_sweeps_and_writes_its_tables(tmp_path, cache_dir) -> None:
     res = tmp_path / "RESULTS.md"
-    p = subprocess.run([sys.executable, "-m", "benchmarks.search", "--quick", "--methods", "report,random+asha",
-                        "--results", str(res)], cwd=REPO, capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    p = subprocess.run([sys.executable, "-m", "benchmarks.search", "--quick", "--methods",
+                        "report,random+asha,tpe+asha-complete", "--results", str(res)], cwd=REPO, capture_output=True,
+                       text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0, p.stderr[-3000:]
     text = res.read_text()
     assert "| report |" in text and "| random+asha |" in text and "pick by dev_risk (min)" in text
+    # each method's pick trained again with 2 fresh seeds (--quick): one row per method, n = 1 pick x 2 seeds, a
+    # held-out accuracy of each, and no t-test without tpe+asha's row to compare with
+    retrained = [line for line in text.split("trained again with 2 fresh seeds (100, 101)")[1].splitlines()
+                 if line.startswith("| ") and not line.startswith("| method")]
+    assert [r.split("|")[1].strip() for r in retrained] == ["report", "random+asha", "tpe+asha-complete"], retrained
+    for r in retrained:
+        cells = [c.strip() for c in r.split("|")[1:-1]]
+        acc = [float(x) for x in cells[2].split(" ± ")]
+        assert cells[4] == "2" and 0.0 <= acc[0] <= 1.0 and len(acc) == 2 and cells[5:] == ["-", "-", "-"], r
     assert (tmp_path / "search_anytime.png").stat().st_size > 5000
     row = next(line for line in text.splitlines() if line.startswith("| random+asha |") and "±" not in line)
     # best so far after a quarter, half and all of the budget: a running maximum never goes down, and with one seed
