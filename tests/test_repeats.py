@@ -222,7 +222,7 @@ def test_a_driver_killed_mid_study_resumes_every_seed_once(tmp_path, cache_dir):
     import sys
 
     from tests.conftest import REPO
-    from tests.test_sweep import result_epochs
+    from tests.test_sweep import tracked_epochs
     from tests.test_sweep_interrupts import sweep, wait_until
 
     epochs = 8
@@ -240,7 +240,8 @@ concurrency: 2
     args = [str(spec), "--storage", str(tmp_path / "runs"), "--quiet"]
     root = tmp_path / "runs" / "kill"
     p = sweep(*args)
-    wait_until(p, lambda: len(ep := result_epochs(root)) == 2 and all(2 <= max(v) < epochs - 2 for v in ep.values()))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    wait_until(p, lambda: len(ep := tracked_epochs(root, uri, "kill")) == 2 and all(2 <= max(v) < epochs - 2 for v in ep.values()))
     os.killpg(p.pid, signal.SIGKILL)
     p.communicate(timeout=60)
     r = subprocess.run([sys.executable, "-m", "search.cli", "sweep", *args, "--resume"], cwd=REPO,

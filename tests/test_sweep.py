@@ -25,6 +25,25 @@ def trial_runs(uri: str, exp_name: str):
     return c, [r for r in runs if r.data.tags.get("gentune.kind") == "trial"], [r for r in runs if r.data.tags.get("gentune.kind") == "study"]
 
 
+_CLIENTS: dict[str, MlflowClient] = {}
+
+
+def tracked_epochs(root: Path, uri: str, experiment: str) -> dict[str, list[int]]:
+    """Epochs MLflow holds for each trial of a running sweep: the driver's tracking writer has an epoch within a
+    second of its report, while result.json in the sweep folder gets it with Tune's next state save (every 10 s
+    or so). Read only once the driver has written sweep.json (its store is made by then)."""
+    if not (root / "sweep.json").is_file():
+        return {}
+    c = _CLIENTS.setdefault(uri, MlflowClient(uri))
+    exp = c.get_experiment_by_name(experiment)
+    out = {}
+    for r in c.search_runs([exp.experiment_id], "tags.`gentune.kind` = 'trial'") if exp else []:
+        steps = sorted({int(m.step) for m in c.get_metric_history(r.info.run_id, "epoch_time_s")})
+        if steps:
+            out[r.data.tags["gentune.trial_id"]] = steps
+    return out
+
+
 def result_epochs(root: Path) -> dict[str, list[int]]:
     """Epochs reported by each trial, from Ray's own result.json files (one JSON line per report)."""
     out = {}

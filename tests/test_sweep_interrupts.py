@@ -17,7 +17,7 @@ import pytest
 from benchmarks.faults import MlflowServer, kill_group
 from tests.conftest import REPO, interrupt
 from tests.test_families import TOY_ENV
-from tests.test_sweep import result_epochs
+from tests.test_sweep import result_epochs, tracked_epochs
 
 TOY = """\
 name: toy
@@ -74,9 +74,9 @@ def test_ctrl_c_after_every_trial_started_is_interrupted_and_the_printed_command
         p = sweep(*args)
         # every planned trial has started (past where it was) and none has ended: Tune's cleanup will
         # mark both TERMINATED as if they had finished
-        wait_until(p, lambda: len(ep := result_epochs(root)) == 2 and all(
+        wait_until(p, lambda: len(ep := tracked_epochs(root, f"sqlite:///{store}", "cc")) == 2 and all(
             reached.get(t, 0) < max(v) < epochs for t, v in ep.items()))
-        reached = {t: max(v) for t, v in result_epochs(root).items()}
+        reached = {t: max(v) for t, v in tracked_epochs(root, f"sqlite:///{store}", "cc").items()}
         out = interrupt(p)
         assert p.returncode == 130, out[-3000:]
         assert json.loads((root / "sweep.json").read_text())["state"] == "interrupted"
