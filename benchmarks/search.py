@@ -28,7 +28,8 @@ One run is one seed, and on this task the seed moves the result as much as the c
 method's pick (the configuration its sweep ranks first) is then trained again, from scratch at the same size,
 with --retrain-seeds fresh seeds (100, 101, ...: the same ones for every pick, so that the picks are compared on
 equal draws), and the third table gives the quality of the configuration found: its held-out test accuracy at
-the last epoch, mean +- sd over every pick and fresh seed, with Welch's two-sample t-test against tpe+asha
+its best epoch by the selection half (as a sweep ranks and exports, rank_by: best), mean +- sd over every pick
+and fresh seed, with Welch's two-sample t-test against tpe+asha
 (gentune's default); a difference is called real only at p < 0.05.
 
 Every sweep is a real `gentune sweep` (Ray Tune, Optuna, MLflow) in a temporary folder, one Ray
@@ -114,16 +115,22 @@ def run_method(method: str, seed: int, a: argparse.Namespace, storage: Path) -> 
 
 def retrain(picks: dict[tuple[str, int], dict], n: int) -> dict[tuple[str, int], list[dict]]:
     """Each pick trained again with seeds RETRAIN_SEED .. + n - 1, two at a time as Ray tasks (one CPU each), by
-    the trials' own training loop; {(method, sweep seed): [last epoch's metrics, per fresh seed]}."""
+    the trials' own training loop; {(method, sweep seed): [best evaluated epoch's metrics, per fresh seed]}."""
     import ray
 
     @ray.remote(num_cpus=1)
     def one(config: dict) -> dict:
+        """The run's best evaluated epoch by target_acc (the selection half; of equal values the later), as a
+        sweep ranks and exports a trial (rank_by: best, the default)."""
         from trainables.loop import fit
 
-        last: dict = {}
-        fit("dann", config, lambda e: last.update(e.metrics), quiet=True)
-        return last
+        evaluated: list[dict] = []
+        fit("dann", config, lambda e: evaluated.append(dict(e.metrics)) if "target_acc" in e.metrics else None, quiet=True)
+        best: dict = {}
+        for m in evaluated:
+            if not best or m["target_acc"] >= best["target_acc"]:
+                best = m
+        return best
 
     jobs = {(key, k): one.remote({**cfg, "seed": RETRAIN_SEED + k}) for key, cfg in picks.items() for k in range(n)}
     out: dict[tuple[str, int], list[dict]] = {}
@@ -283,7 +290,8 @@ def report(a: argparse.Namespace, runs: dict[str, dict[int, list[dict]]], wall: 
         "",
         *([f"The configuration each method found, trained again with {a.retrain_seeds} fresh seeds "
            f"({', '.join(str(RETRAIN_SEED + k) for k in range(a.retrain_seeds))}) per pick, at the same size "
-           "(test acc: the held-out half of the target, at the last epoch; n = picks x fresh seeds):", "",
+           "(test acc: the held-out half of the target, at the run's best epoch by the selection half, as a sweep "
+           "ranks and exports; n = picks x fresh seeds):", "",
            *retrain_table(runs, trained, a.retrain_seeds), ""] if trained else []),
     ])
 

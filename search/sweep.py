@@ -93,7 +93,7 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
                                                          checkpoint_every=st.perturbation_interval if pbt else 1,
                                                          repeats=st.repeats, aggregate=st.aggregate, rank=(st.metric, st.mode)),
                                     {"cpu": st.cpu, "gpu": st.gpu})
-    # Tune's result.json logger is what every command reads; its CSV and TensorBoard loggers (off: run_sweep)
+    # Tune's result.json logger is what every command reads; its CSV and TensorBoard loggers (off, below)
     # would write the same numbers twice more, per result, from the driver's loop
     callbacks = [JsonLoggerCallback(), MlflowTrials(st.name, st.family, st.epochs, watch=mutable, repeats=st.repeats),
                  pending_watch(st.name, root), sigint_watch(st.name)]
@@ -154,10 +154,16 @@ def _run_study(spec: Spec, st: Study, root: str, resume: bool, quiet: bool, w):
         )
     SIGINTS.discard(st.name)
     before = signal.getsignal(signal.SIGINT)
+    # MLflow holds every metric and result.json (the JsonLoggerCallback above) every result: Tune adds no
+    # progress.csv or TensorBoard events besides, unless the user's environment asks for them (0)
+    auto_loggers = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = auto_loggers or "1"
     try:
         with deferred():
             grid = tuner.fit()
     finally:
+        if auto_loggers is None:  # as it was: this process's other Tune runs keep Tune's defaults
+            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
         # Tune leaves its own handler installed after a run that was not interrupted: a Ctrl-C between
         # studies then went nowhere. Put back the one from before (Python's: KeyboardInterrupt).
         signal.signal(signal.SIGINT, before)
@@ -253,9 +259,6 @@ def run_sweep(spec: Spec, *, storage: str | None, name: str | None, address: str
     # Results lack the ranking metric between evaluations (eval_every > 1) and in the epoch a trial
     # diverges: Tune's strict check would end the sweep on one; the searcher and ASHA skip them.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # MLflow holds every metric and result.json every result: no progress.csv or TensorBoard events besides
-    # (set it to 0 to have Tune add them)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if local:
         try:
             rp.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,10 @@ def test_smoke_sweep_tracks_every_trial_in_mlflow(smoke_sweep) -> None:
     parents = {s.info.run_id: s.data.tags["gentune.study"] for s in studies}
     epochs = result_epochs(root)
     assert len(trials) == len(epochs) == 8  # --smoke: 2 trials per study
+    # each trial folder: Tune's result.json, which every command reads; not the same numbers again as progress.csv
+    # and TensorBoard events (Tune's default loggers, which the driver turns off for its own runs only)
+    files = {f.name for f in root.glob("*/*/*") if f.is_file()}
+    assert "result.json" in files and "progress.csv" not in files and not any(n.startswith("events.out") for n in files)
     for r in trials:
         tid = r.data.tags["gentune.trial_id"]
         study = parents[r.data.tags["mlflow.parentRunId"]]  # nested under its study's run
