@@ -23,6 +23,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from search.trial import SAMPLES
+
 SKIP_METRICS = {"epoch", "rank_score", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
                 "iterations_since_restore", "done", "pid"}
 
@@ -359,6 +361,8 @@ class MlflowTrials(Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # the grid is copied out now: Tune deletes the checkpoint (num_to_keep) before the writer may get to it
         w = self._w()
+        if (trial.last_result or {}).get(SAMPLES) is False:  # the trial said it saved none (absent: look anyway)
+            return
         epoch = int((trial.last_result or {}).get("epoch", 0))
         # that one file, from wherever the checkpoint is: on remote storage as_directory() would download it whole
         import pyarrow.fs as pafs

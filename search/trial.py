@@ -11,6 +11,7 @@ CHECKPOINT = "checkpoint.pt"
 
 
 RANK_SCORE = "rank_score"  # every checkpoint's score for Tune's CheckpointConfig: keeps the best one besides the last
+SAMPLES = "samples_png"  # in a checkpoint's result: whether the checkpoint holds the epoch's sample grid
 
 
 def seed_file(seed: int) -> str:
@@ -101,6 +102,8 @@ def run_trial(config: dict[str, Any], family: str, mutable: tuple[str, ...] = ()
                 save_checkpoint({**e.checkpoint, "trial_id": me, "lineage": lineage}, Path(d) / CHECKPOINT)
             if e.grid is not None:
                 Image.fromarray(e.grid.permute(1, 2, 0).numpy()).save(Path(d) / "samples.png")
+            # whether the checkpoint holds samples.png: the driver then looks for it (a request per checkpoint on S3)
+            metrics[SAMPLES] = e.grid is not None
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     if repeats > 1:
