@@ -61,10 +61,16 @@ def read_holder(folder: Folder) -> dict[str, Any] | None:
     """The lease's content, or None when there is none (or it is not readable JSON)."""
     if not folder.exists(LEASE):
         return None
-    try:
-        data = json.loads(folder.read_bytes(LEASE))
-    except ValueError:
-        return {}
+    for attempt in range(3):
+        try:
+            data = json.loads(folder.read_bytes(LEASE))
+            break
+        except ValueError:
+            # a read that met the holder's renewal half-written (S3-compatible servers that do not swap an
+            # object whole, such as moto under load): read it again before calling it not a lease
+            if attempt == 2:
+                return {}
+            time.sleep(0.1)
     return data if isinstance(data, dict) else {}
 
 
