@@ -98,9 +98,9 @@ def _install() -> None:
             queued = len(_queue)
         if ready:
             _release(ready)
-        before = (self._last_save_time, self._last_sync_time)
+        launched = self._last_sync_time
         original_sync(self, save_fn, force=force, wait=wait)
-        if self._last_sync_time != before[1]:  # this save's upload was launched (and with wait=True, has ended)
+        if self._last_sync_time != launched:  # this save's upload was launched (and with wait=True, has ended)
             proc = getattr(self._storage.syncer, "_sync_process", None)
             if wait:
                 _release(queued)
