@@ -152,3 +152,21 @@ def test_the_searchers_saved_state_does_not_grow_with_finished_trials(tmp_path):
     # 30 more finished trials add only their ids (a few bytes each); holding the finished trials, or Optuna's
     # in-memory copy of the study, added 200-450 bytes per trial
     assert sizes[40] - sizes[10] < 30 * 20, sizes
+
+
+@pytest.mark.parametrize("stopped_as, state, value", [("pruned", "PRUNED", 0.4), ("complete", "COMPLETE", 0.4)])
+def test_a_trial_stopped_at_a_rung_reaches_optuna_as_told(tmp_path, stopped_as, state, value):
+    """gentune tells a trial ASHA stopped (its last epoch 2 of 4) as PRUNED; benchmarks.search's tpe+asha-complete
+    tells it as Ray's OptunaSearch does, COMPLETE at its rung value. Both keep the rung value in the study."""
+    import optuna
+
+    from search.searcher import DefineByRun, evaluated_optuna_search
+    from search.spec import Domain
+
+    s = evaluated_optuna_search(4, stopped_as=stopped_as, space=DefineByRun((Domain("lr", "uniform", (0.0, 1.0)),), {}),
+                                metric="acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=0),
+                                storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"), study_name="s")
+    s.suggest("t1")
+    s.on_trial_complete("t1", {"epoch": 2, "acc": 0.4})
+    (t,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}").trials
+    assert t.state.name == state and t.value == value and t.intermediate_values == {2: 0.4}
