@@ -25,23 +25,23 @@ uploaded save (about 10 s of training).
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from typing import Any, Iterator
 
-log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _active = False
 _queue: list[tuple[Any, str]] = []  # (pyarrow filesystem, path) of checkpoints Tune has let go of, oldest first
-_barriers: list[tuple[Any, int]] = []  # (Tune's upload thread for a save, how many queued before that save)
+# per save whose upload is under way: (Tune's upload thread, the checkpoints queued before that save)
+_uploading: list[tuple[Any, list[tuple[Any, str]]]] = []
 _installed = False
 
 
-def _delete(fs, path: str) -> None:
+def _delete(items: list[tuple[Any, str]]) -> None:
     from ray.train._internal.storage import _delete_fs_path
 
-    _delete_fs_path(fs=fs, fs_path=path)  # logs and goes on if the store refuses
+    for fs, path in items:
+        _delete_fs_path(fs=fs, fs_path=path)  # logs and goes on if the store refuses
 
 
 def _queue_delete(fs, fs_path: str) -> None:
@@ -50,16 +50,16 @@ def _queue_delete(fs, fs_path: str) -> None:
         if _active:
             _queue.append((fs, fs_path))
             return
-    _delete(fs, fs_path)
+    _delete([(fs, fs_path)])
 
 
-def _release(count: int) -> None:
-    """Delete the first `count` queued checkpoints."""
+def _take_all() -> list[tuple[Any, str]]:
+    """Everything waiting, uploads or not, taken out of the bookkeeping."""
     with _lock:
-        done, _queue[:count] = _queue[:count], []
-        _barriers[:] = [(p, max(0, n - count)) for p, n in _barriers]
-    for fs, path in done:
-        _delete(fs, path)
+        out = [item for _, batch in _uploading for item in batch] + _queue
+        _uploading.clear()
+        _queue.clear()
+    return out
 
 
 def _install() -> None:
@@ -86,27 +86,26 @@ def _install() -> None:
     def sync_up_experiment_state(self, save_fn, force: bool = False, wait: bool = False) -> None:
         if not _active:
             return original_sync(self, save_fn, force=force, wait=wait)
-        # uploads that have ended since the last call release what was queued before their save
-        ready = 0
+        # an upload that has ended releases what was queued before its save; a failed one puts it back in the queue
+        done: list[tuple[Any, str]] = []
         with _lock:
-            for proc, n in list(_barriers):
-                if proc is not None and proc.is_running:
-                    break
-                _barriers.remove((proc, n))
+            while _uploading and not (_uploading[0][0] is not None and _uploading[0][0].is_running):
+                proc, batch = _uploading.pop(0)
                 if proc is not None and "exception" not in getattr(proc, "_result", {}):
-                    ready = max(ready, n)
-            queued = len(_queue)
-        if ready:
-            _release(ready)
+                    done += batch
+                else:
+                    _queue[:0] = batch
+        _delete(done)
         launched = self._last_sync_time
         original_sync(self, save_fn, force=force, wait=wait)
         if self._last_sync_time != launched:  # this save's upload was launched (and with wait=True, has ended)
-            proc = getattr(self._storage.syncer, "_sync_process", None)
             if wait:
-                _release(queued)
-            elif queued:
+                _delete(_take_all())
+            else:
                 with _lock:
-                    _barriers.append((proc, queued))
+                    if _queue:
+                        _uploading.append((getattr(self._storage.syncer, "_sync_process", None), _queue[:]))
+                        _queue.clear()
 
     checkpoint_manager._delete_fs_path = _queue_delete
     manager.on_trial_checkpoint = on_trial_checkpoint
@@ -121,10 +120,9 @@ def deferred() -> Iterator[None]:
     they stay (a resume may need them)."""
     global _active
     _install()
+    _take_all()
     with _lock:
         _active = True
-        _queue.clear()
-        _barriers.clear()
     ok = False
     try:
         yield
@@ -132,12 +130,9 @@ def deferred() -> Iterator[None]:
     finally:
         with _lock:
             _active = False
-            left = len(_queue)
+        left = _take_all()
         if ok:
-            _release(left)
-        with _lock:
-            _queue.clear()
-            _barriers.clear()
+            _delete(left)
 
 
 def prune(grid) -> int:
@@ -161,6 +156,6 @@ def prune(grid) -> int:
         for name in {n.split("/")[0] for n in names}:
             path = posixpath.join(trial, name)
             if name.startswith("checkpoint_") and path not in kept:
-                _delete(fs, path)
+                _delete([(fs, path)])
                 removed += 1
     return removed

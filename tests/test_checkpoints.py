@@ -89,6 +89,57 @@ def test_deferred_deletion_saves_the_state_on_tunes_period_and_keeps_the_last_an
         assert json.loads((Path(r.checkpoint.path) / "epoch.json").read_text())["epoch"] == len(SCORES)
 
 
+def _slow_trainable(config):
+    import time
+
+    from ray import tune
+
+    for epoch in range(1, 13):
+        time.sleep(0.4)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "epoch.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report({"epoch": epoch, "score": -abs(epoch - 3)}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def test_deletions_wait_for_a_stored_state_and_then_happen_while_the_run_goes_on(tmp_path, ray_local, monkeypatch):
+    """Tune saving every second (its TUNE_GLOBAL_CHECKPOINT_S): superseded checkpoints are deleted during the run
+    once a save that no longer names them is stored, not only when fit() ends."""
+    import threading
+    import time
+
+    from ray import tune
+
+    from search.checkpoints import deferred
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    peak, stop = [0], threading.Event()
+
+    def watch() -> None:  # the most checkpoint folders any trial had at once
+        while not stop.is_set():
+            for t in (tmp_path / "slow").glob("_slow_trainable_*"):
+                peak[0] = max(peak[0], len(list(t.glob("checkpoint_*"))))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    tuner = tune.Tuner(tune.with_resources(_slow_trainable, {"cpu": 1}), param_space={"x": tune.grid_search([0, 1])},
+                       run_config=tune.RunConfig(name="slow", storage_path=str(tmp_path), verbose=0,
+                                                 checkpoint_config=tune.CheckpointConfig(
+                                                     num_to_keep=1, checkpoint_score_attribute="score",
+                                                     checkpoint_score_order="max")))
+    try:
+        with deferred():
+            tuner.fit()
+    finally:
+        stop.set()
+        watcher.join()
+    root = tmp_path / "slow"
+    kept = [sorted(json.loads((c / "epoch.json").read_text())["epoch"] for c in t.glob("checkpoint_*"))
+            for t in sorted(root.glob("_slow_trainable_*"))]
+    assert kept == [[3, 12]] * 2  # the best (epoch 3) and the last
+    assert 2 <= peak[0] < 12, peak  # 12 checkpoints each, never all of them on disk at once
+
+
 def test_a_run_that_raises_keeps_what_was_queued(tmp_path, ray_local):
     """An exception out of fit() (the driver is going down): queued checkpoints stay, a resume may name them."""
     from search import checkpoints
