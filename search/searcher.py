@@ -57,8 +57,7 @@ def evaluated_optuna_search(max_epochs: int, stopped_as: str = "pruned", **kwarg
                 except UpdateFinishedTrialError:
                     # a driver that stopped after telling Optuna this trial's end, before Tune's next state save:
                     # the resumed trial runs its last epochs again, and Optuna already has them
-                    self._completed_trials.add(trial_id)
-                    self._ot_trials.pop(trial_id, None)
+                    self._forget(trial_id)
                     return
                 reported[trial_id] = step
 
@@ -67,8 +66,7 @@ def evaluated_optuna_search(max_epochs: int, stopped_as: str = "pruned", **kwarg
                 return
             ot = self._ot_trials.get(trial_id)
             if ot is not None and self._ot_study._storage.get_trial(ot._trial_id).state.is_finished():
-                self._completed_trials.add(trial_id)  # told before a driver restart (see on_trial_result)
-                self._ot_trials.pop(trial_id, None)
+                self._forget(trial_id)  # told before a driver restart (see on_trial_result)
                 return
             if result and is_failure(result.get("stop_reason")):
                 result, error = None, True
@@ -80,10 +78,14 @@ def evaluated_optuna_search(max_epochs: int, stopped_as: str = "pruned", **kwarg
                 if int(result.get("epoch", max_epochs)) < max_epochs and stopped_as == "pruned":
                     result = None  # stopped at a rung: Ray's OptunaSearch tells a trial without a result PRUNED
             super().on_trial_complete(trial_id, result, error)
-            getattr(self, "_reported", {}).pop(trial_id, None)
+            self._forget(trial_id)
+
+        def _forget(self, trial_id: str) -> None:
             # Tune saves the searcher's state (a pickle of it) with its own: holding only the running trials keeps
             # that save's size flat in the number of trials the study has run
+            self._completed_trials.add(trial_id)
             self._ot_trials.pop(trial_id, None)
+            getattr(self, "_reported", {}).pop(trial_id, None)
 
         def save(self, checkpoint_path: str) -> None:
             # Tune pickles the searcher into each of its state saves. The study is in its storage (optuna.db) and
