@@ -14,9 +14,14 @@ def _best(sweep: Sweep, trials: list[Trial], metric: str, mode: str) -> Trial | 
     best, best_v = None, None
     for t in trials:
         st = sweep.studies.get(t.study)
-        v = sweep.score(t, metric, mode, st.rank_by if st is not None and (metric, mode) == (st.metric, st.mode) else "last")
-        if v is not None and (best is None or better(v, best_v, mode)):  # type: ignore[arg-type]
+        own = st is not None and (metric, mode) == (st.metric, st.mode)
+        v = sweep.score(t, metric, mode, st.rank_by if own else "last")
+        if v is None:
+            continue
+        if best is None or better(v, best_v, mode):  # type: ignore[arg-type]
             best, best_v = t, v
+        elif v == best_v and own and t.trial_id == sweep.best_tags.get(t.study):
+            best = t  # a tie: the trial the sweep itself named best, as Sweep.best_trial, status and export take
     if best is None:
         return None
     st = sweep.studies.get(best.study)

@@ -231,7 +231,10 @@ def test_a_tie_goes_to_the_trial_the_sweep_tagged_best(sweep_root, tmp_path) -> 
     (tmp_path / "sweep.json").write_text(json.dumps({
         "name": "ties", "studies": list(studies), "tracking_uri": uri, "local_store": False, "experiment_id": exp,
         "families": {s: "dann" for s in studies}, "metrics": {s: ["target_acc", "max"] for s in studies}}))
+    from analysis.summary import _best
+
     sw = Sweep(tmp_path)
     for study, tagged in studies.items():
         assert sw.best_trial(study).trial_id == (tagged or "t1"), study
         assert sw.best_trial(study).value("target_acc") == 0.7
+        assert _best(sw, sw.trials(study), "target_acc", "max").trial_id == (tagged or "t1"), study  # `summary` too
