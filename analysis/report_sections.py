@@ -21,7 +21,6 @@ import torch
 from analysis.sampling import generate_images, image_grid
 from analysis.report import Report, Section, num, pct, ranked_checkpoint, slug
 from analysis.sweepdata import Trial, better
-from trainables.errors import CheckpointError
 
 REVERSE_STEPS = (500, 300, 100, 60, 40, 0)  # the report's steps, for T = 500
 DOMAIN_NAMES = {"mnistm": "MNIST-M", "usps": "USPS", "svhn": "SVHN", "mnist": "MNIST"}
@@ -62,10 +61,7 @@ def gan(rep: Report) -> list[Section]:
         return [s]
     panels, rows, shown, demo = [], [], set(), False
     for t in chosen:
-        loaded = rep.models_or_note(t, s)
-        if loaded is None:
-            continue
-        ckpt, cfg, mods = loaded
+        ckpt, cfg, mods = rep.models_for(t)
         rep.log(f"GAN model {cfg.model}: 32 images of {rep.trial_label(t)}")
         x, _, _ = generate_images("gan", cfg, mods, n=32, seed=rep.seed, device=rep.device)
         fr, fid = t.value("face_rate"), t.value("fid")
@@ -167,10 +163,7 @@ def ddpm(rep: Report) -> list[Section]:
     for t in chosen:
         s = Section(f"Conditional DDPM: trial {t.trial_id}", studies={t.study})
         out.append(s)
-        loaded = rep.models_or_note(t, s)
-        if loaded is None:
-            continue
-        ckpt, cfg, mods = loaded
+        ckpt, cfg, mods = rep.models_for(t)
         steps = [round(k * cfg.T / 500) for k in REVERSE_STEPS]
         rep.log(f"DDPM: 10x10 grid of {rep.trial_label(t)} (T={cfg.T}, the trial's best w) on {rep.device} ...")
         t0 = time.perf_counter()
@@ -256,12 +249,7 @@ def dann(rep: Report) -> list[Section]:
             dann_ts = [t for t in ts if t.params.get("mode") == "dann"] or ts
             picks.append((sc, max(dann_ts, key=lambda t: (t.value("target_acc"), t.trial_id in tagged))))
     for sc, t in picks:
-        try:
-            tsne(rep, s, sc, t)
-        except CheckpointError as e:
-            if named is not None:
-                raise
-            s.note(f"t-SNE of {sc} skipped: {rep.trial_label(t)}: {e}")
+        tsne(rep, s, sc, t)
     return [s]
 
 

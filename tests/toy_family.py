@@ -77,11 +77,10 @@ def report(rep) -> list:
 
     s = Section("Toy: per-digit accuracy")
     best = rep.best_across("toy")
-    loaded = rep.models_or_note(best, s) if best is not None else None
-    if loaded is None:
+    if best is None:
         s.note("No toy trial to show.")
         return [s]
-    _, cfg, mods = loaded
+    _, cfg, mods = rep.models_for(best)
     val = load_split(cfg.data, "val", 16, "digits", cfg.cache_dir, quiet=True)
     model = mods["model"].eval()
     with torch.no_grad():
