@@ -143,7 +143,8 @@ class Report:
 
     def best_across(self, family: str, where: dict[str, Any] | None = None) -> Trial | None:
         """The best finished trial of `family` over its studies (by each study's metric when they share
-        one; otherwise the first study, in spec order, that has one)."""
+        one; otherwise the first study, in spec order, that has one), each trial scored as its study ranks
+        and exports it (its best evaluated epoch or its last: rank_by)."""
         studies = self.studies_of(family)
         picks = [(st, self.sweep.best_trial(st.name, where=where)) for st in studies]
         picks = [(st, t) for st, t in picks if t is not None]
@@ -151,10 +152,11 @@ class Report:
             return None
         if len({(st.metric, st.mode) for st, _ in picks}) > 1:
             return picks[0][1]
-        st0, best = picks[0]
-        for st, t in picks[1:]:
-            if better(t.value(st.metric), best.value(st0.metric), st0.mode):  # type: ignore[arg-type]
-                best = t
+        scored = [(self.sweep.score(t, st.metric, st.mode, st.rank_by), t) for st, t in picks]
+        best_v, best = scored[0]
+        for v, t in scored[1:]:
+            if better(v, best_v, picks[0][0].mode):  # type: ignore[arg-type]
+                best_v, best = v, t
         return best
 
     def models_for(self, trial: Trial):

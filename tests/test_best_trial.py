@@ -238,3 +238,34 @@ def test_a_tie_goes_to_the_trial_the_sweep_tagged_best(sweep_root, tmp_path) -> 
         assert sw.best_trial(study).trial_id == (tagged or "t1"), study
         assert sw.best_trial(study).value("target_acc") == 0.7
         assert _best(sw, sw.trials(study), "target_acc", "max").trial_id == (tagged or "t1"), study  # `summary` too
+
+
+def test_the_report_picks_across_studies_by_what_each_study_ranks(sweep_root, tmp_path) -> None:
+    """Two studies of one family, both `rank_by: best`: the report's pick over both (Report.best_across, its GAN and
+    DDPM sections) is the trial with the best evaluated epoch, 0.9 (peak, whose last epoch fell to 0.2), not the
+    best last value, 0.6 (steady). Expected: the max over every logged value, worked out here."""
+    from analysis.report import Report
+
+    uri = f"sqlite:///{sweep_root / 'mlflow.db'}"
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.create_experiment("across", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    logged = {"p1": {"peak": [(1, 0.9), (2, 0.2)]}, "p2": {"steady": [(1, 0.5), (2, 0.6)]}}
+    for study, trials in logged.items():
+        c.set_terminated(c.create_run(exp, tags={"gentune.study": study, "gentune.kind": "study",
+                                                 "gentune.rank_by": "best"}).info.run_id)  # as search/sweep.py tags it
+        for tid, hist in trials.items():
+            r = c.create_run(exp, tags={"gentune.study": study, "gentune.family": "ddpm", "gentune.trial_id": tid,
+                                        "gentune.kind": "trial"})
+            for step, v in hist:
+                c.log_metric(r.info.run_id, "acc", v, step=step)
+            c.set_terminated(r.info.run_id)
+    (tmp_path / "sweep.json").write_text(json.dumps({
+        "name": "across", "studies": list(logged), "tracking_uri": uri, "local_store": False, "experiment_id": exp,
+        "families": {s: "ddpm" for s in logged}, "metrics": {s: ["acc", "max"] for s in logged},
+        "rank_by": {s: "best" for s in logged}}))  # as run_sweep writes it
+    every = {tid: hist for trials in logged.values() for tid, hist in trials.items()}
+    want = max(every, key=lambda tid: max(v for _, v in every[tid]))
+    last = max(every, key=lambda tid: every[tid][-1][1])
+    assert (want, last) == ("peak", "steady")  # the two rules disagree here
+    rep = Report(Sweep(tmp_path), tmp_path / "report", device="cpu")
+    assert rep.best_across("ddpm").trial_id == want
