@@ -4,24 +4,14 @@ of the best source-only, DANN and target-only trial); any other family, the best
 by its metric. Read from the sweep's MLflow store."""
 from __future__ import annotations
 
-from analysis.sweepdata import Sweep, Trial, better
+from analysis.sweepdata import Sweep, Trial
 
 DANN_MODES = ("source-only", "dann", "target-only")
 
 
 def _best(sweep: Sweep, trials: list[Trial], metric: str, mode: str) -> Trial | None:
     """The best trial as its study ranks them (budget.rank_by: last or best epoch), its values of that epoch."""
-    best, best_v = None, None
-    for t in trials:
-        st = sweep.studies.get(t.study)
-        own = st is not None and (metric, mode) == (st.metric, st.mode)
-        v = sweep.score(t, metric, mode, st.rank_by if own else "last")
-        if v is None:
-            continue
-        if best is None or better(v, best_v, mode):  # type: ignore[arg-type]
-            best, best_v = t, v
-        elif v == best_v and own and t.trial_id == sweep.best_tags.get(t.study):
-            best = t  # a tie: the trial the sweep itself named best, as Sweep.best_trial, status and export take
+    best = sweep.best_of(trials, metric, mode)
     if best is None:
         return None
     st = sweep.studies.get(best.study)

@@ -517,18 +517,25 @@ class Sweep:
         """The finished trial with the best `metric` by the study's rank_by (its last epoch's value, or its best
         epoch's: the two checkpoints a trial keeps). A repeated configuration's metric is its seeds' aggregate."""
         st = self.studies[study]
-        metric, mode, rank_by = metric or st.metric, mode or st.mode, rank_by or st.rank_by
+        metric, mode = metric or st.metric, mode or st.mode
+        trials = [t for t in self.finished(study, metric) if not where or all(t.params.get(k) == v for k, v in where.items())]
+        return self.best_of(trials, metric, mode, rank_by or st.rank_by)
+
+    def best_of(self, trials: list[Trial], metric: str, mode: str, rank_by: str | None = None) -> Trial | None:
+        """The best of `trials` by `metric`: each scored by `rank_by`, or else as its study ranks it (its rank_by
+        where `metric` is the study's own, its last value otherwise). On a tie, the trial its study tagged best
+        (gentune.best_trial_id) when scored as that study ranks; otherwise the first."""
         best, best_v = None, None
-        tagged = self.best_tags.get(study) if (metric, mode, rank_by) == (st.metric, st.mode, st.rank_by) else None
-        for t in self.finished(study, metric):
-            if where and any(t.params.get(k) != v for k, v in where.items()):
-                continue
-            v = self.score(t, metric, mode, rank_by)
+        for t in trials:
+            st = self.studies.get(t.study)
+            own = st is not None and (metric, mode) == (st.metric, st.mode)
+            by = rank_by or (st.rank_by if own else "last")
+            v = self.score(t, metric, mode, by)
             if v is None:
                 continue
             if best is None or better(v, best_v, mode):  # type: ignore[arg-type]
                 best, best_v = t, v
-            elif v == best_v and t.trial_id == tagged:
+            elif v == best_v and own and by == st.rank_by and t.trial_id == self.best_tags.get(t.study):
                 best = t  # a tie: the trial the sweep itself named best
         return best
 
